@@ -1,0 +1,1 @@
+"""bentos: the Scorer and Router BentoML services, prediction log and label feedback."""

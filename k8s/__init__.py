@@ -1,0 +1,1 @@
+"""k8s: the ChampionChallenger resource and the promotion controller."""

@@ -1,0 +1,85 @@
+"""The `kingmaker` command line: one console script, one subcommand per job.
+
+Each subcommand lives with its part (``training/cli.py``, ``drift_service/cli.py`` ...) and exposes
+``add_arguments(parser)`` and ``run(args) -> int``; it is imported only when chosen, so
+``kingmaker --help`` stays fast. User-facing failures are `KingmakerError`s: one line on stderr and a
+non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from kingmaker import __version__
+from kingmaker.errors import KingmakerError
+
+#: name -> (module, one-line summary). Benchmarks are ``kingmaker bench <name>``.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("training.cli", "train candidates on a data set and register the chosen one in MLflow"),
+}
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "quality": ("training.bench", "model quality on the real data: 5-fold CV and a time-ordered split"),
+}
+
+EPILOG = """\
+environment:
+  KINGMAKER_HOME        data folder for the embedded default (default ./.kingmaker)
+  MLFLOW_TRACKING_URI   use this MLflow tracking server instead of the local SQLite store
+
+Run `kingmaker <command> --help` for the options of one command."""
+
+
+def _load(module: str) -> object:
+    return importlib.import_module(module)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kingmaker",
+        description="Champion/challenger serving for fraud-detection models: train, serve, "
+        "detect drift and promote the challenger only when it has proven better.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"kingmaker {__version__}")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="how much the logs say (default INFO)")
+    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    for name, (module, summary) in COMMANDS.items():
+        cmd = sub.add_parser(name, help=summary, description=summary,
+                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        cmd.set_defaults(_module=module)
+        _load(module).add_arguments(cmd)  # type: ignore[attr-defined]
+    bench = sub.add_parser("bench", help="run a benchmark and print/save its numbers",
+                           description="Benchmarks measure speed and quality; results go to stdout "
+                           "and bench-results/<name>.json.")
+    bench_sub = bench.add_subparsers(dest="benchmark", metavar="<benchmark>", required=True)
+    for name, (module, summary) in BENCHMARKS.items():
+        cmd = bench_sub.add_parser(name, help=summary, description=summary,
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        cmd.set_defaults(_module=module)
+        _load(module).add_arguments(cmd)  # type: ignore[attr-defined]
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    try:
+        return int(_load(args._module).run(args))  # type: ignore[attr-defined]
+    except KingmakerError as exc:
+        print(f"kingmaker {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"kingmaker {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""The prediction log and the label log: append-only Parquet datasets partitioned by date.
+
+Both live in a local folder by default or at any fsspec URL (``s3://bucket/prefix``) in a
+cluster. Every append writes one new file ``date=YYYY-MM-DD/part-<time>-<uuid>.parquet`` and never
+touches an existing one, so concurrent writers (router replicas) need no coordination.
+
+Prediction log: one row per scored request per arm. Feature values are flat columns named
+``feat_<name>`` so that the drift job reads them column-wise without parsing.
+
+Label log: one row per label arrival; the latest arrival per ``request_id`` wins when read.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import fsspec
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+FEATURE_PREFIX = "feat_"
+PARTITION = "date"
+
+
+class Arm(StrEnum):
+    CHAMPION = "champion"
+    CHALLENGER = "challenger"
+
+
+class Mode(StrEnum):
+    SPLIT = "split"
+    SHADOW = "shadow"
+
+
+#: Columns every prediction row has, in order, before the ``feat_*`` columns.
+PREDICTION_FIELDS: tuple[pa.Field, ...] = (
+    pa.field("request_id", pa.string(), nullable=False),
+    pa.field("ts", pa.timestamp("us", tz="UTC"), nullable=False),
+    pa.field("routing_key", pa.string()),
+    pa.field("arm", pa.string(), nullable=False),
+    pa.field("served", pa.bool_(), nullable=False),  # this arm's answer went to the client
+    pa.field("mode", pa.string(), nullable=False),
+    pa.field("model_name", pa.string(), nullable=False),
+    pa.field("model_version", pa.string(), nullable=False),
+    pa.field("score", pa.float64(), nullable=False),
+    pa.field("decision", pa.bool_(), nullable=False),
+    pa.field("threshold", pa.float64(), nullable=False),
+    pa.field("latency_ms", pa.float64(), nullable=False),
+)
+
+LABEL_FIELDS: tuple[pa.Field, ...] = (
+    pa.field("request_id", pa.string(), nullable=False),
+    pa.field("label", pa.int8(), nullable=False),
+    pa.field("label_ts", pa.timestamp("us", tz="UTC"), nullable=False),
+)
+
+
+def feature_column(name: str) -> str:
+    return f"{FEATURE_PREFIX}{name}"
+
+
+def prediction_schema(features: Sequence[str]) -> pa.Schema:
+    return pa.schema([*PREDICTION_FIELDS, *(pa.field(feature_column(f), pa.float64()) for f in features)])
+
+
+LABEL_SCHEMA = pa.schema(list(LABEL_FIELDS))
+
+
+def _fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs, path
+
+
+def append(url: str, rows: pd.DataFrame | Iterable[Mapping[str, Any]], schema: pa.Schema, *, ts_column: str) -> int:
+    """Append rows as new Parquet file(s), one per date partition. Returns the number of rows written."""
+    frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+    if frame.empty:
+        return 0
+    missing = [f.name for f in schema if f.name not in frame.columns and not f.nullable]
+    if missing:
+        raise ValueError(f"log rows lack required column(s): {', '.join(missing)}")
+    table = pa.Table.from_pandas(frame.reindex(columns=schema.names), schema=schema, preserve_index=False)
+    fs, root = _fs(url)
+    dates = pd.to_datetime(frame[ts_column], utc=True).dt.strftime("%Y-%m-%d").to_numpy()
+    written = 0
+    for day in sorted(set(dates)):
+        part = table.filter(pa.array(dates == day))
+        folder = posixpath.join(root, f"{PARTITION}={day}")
+        fs.makedirs(folder, exist_ok=True)
+        name = f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+        tmp = posixpath.join(folder, f".{name}.tmp")
+        with fs.open(tmp, "wb") as fh:
+            pq.write_table(part, fh, compression="zstd")
+        fs.mv(tmp, posixpath.join(folder, name))  # readers never see a half-written file
+        written += part.num_rows
+    return written
+
+
+def append_predictions(url: str, rows: pd.DataFrame | Iterable[Mapping[str, Any]], features: Sequence[str]) -> int:
+    return append(url, rows, prediction_schema(features), ts_column="ts")
+
+
+def append_labels(url: str, rows: pd.DataFrame | Iterable[Mapping[str, Any]]) -> int:
+    return append(url, rows, LABEL_SCHEMA, ts_column="label_ts")
+
+
+def read(url: str, *, since: datetime | None = None, until: datetime | None = None,
+         ts_column: str = "ts", columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Read a log dataset, optionally only rows with ``since <= ts < until``. Empty frame if none."""
+    fs, root = _fs(url)
+    if not fs.exists(root):
+        return pd.DataFrame()
+    dataset = ds.dataset(root, filesystem=fs, format="parquet", partitioning="hive",
+                         exclude_invalid_files=True, ignore_prefixes=[".", "_"])
+    expr = None
+    for op, bound in (("ge", since), ("lt", until)):
+        if bound is not None:
+            scalar = pa.scalar(bound.astimezone(UTC), type=pa.timestamp("us", tz="UTC"))
+            term = ds.field(ts_column) >= scalar if op == "ge" else ds.field(ts_column) < scalar
+            expr = term if expr is None else expr & term
+    cols = list(columns) if columns is not None else [n for n in dataset.schema.names if n != PARTITION]
+    return dataset.to_table(columns=cols, filter=expr).to_pandas()
+
+
+def read_predictions(url: str, **kwargs: Any) -> pd.DataFrame:
+    return read(url, ts_column="ts", **kwargs)
+
+
+def read_labels(url: str, **kwargs: Any) -> pd.DataFrame:
+    """Labels with the latest arrival per request id."""
+    frame = read(url, ts_column="label_ts", **kwargs)
+    if frame.empty:
+        return frame
+    return frame.sort_values("label_ts").drop_duplicates("request_id", keep="last").reset_index(drop=True)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)

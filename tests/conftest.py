@@ -1,0 +1,35 @@
+"""Shared test helpers. Tiers: unit (default), integration, e2e (markers, see pyproject.toml)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def kingmaker(*args: str, home: Path, env: dict[str, str] | None = None, timeout: float = 600,
+              check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the real `kingmaker` console script against the embedded default under ``home``."""
+    full_env = {**os.environ, "KINGMAKER_HOME": str(home), **(env or {})}
+    full_env.pop("MLFLOW_TRACKING_URI", None)
+    exe = Path(sys.executable).with_name("kingmaker")
+    proc = subprocess.run([str(exe), *args], capture_output=True, text=True, env=full_env, timeout=timeout, cwd=ROOT)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kingmaker {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def trained_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A KINGMAKER_HOME holding fraud-detector v1 (@champion, XGBoost) and v2 (@challenger, scikit-learn),
+    trained by the real CLI on small synthetic samples. Shared by integration tests that need models."""
+    home = tmp_path_factory.mktemp("kingmaker-home")
+    common = ("--data", "synthetic", "--rows", "4000", "--folds", "3", "--bootstrap", "20")
+    kingmaker("train", *common, "--seed", "1", "--candidates", "xgboost", home=home)
+    kingmaker("train", *common, "--seed", "2", "--candidates", "logreg,forest", home=home)
+    return home

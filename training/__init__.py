@@ -1,0 +1,1 @@
+"""training: data, candidates, metrics, MLflow logging and registry."""
