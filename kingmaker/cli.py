@@ -19,10 +19,12 @@ from kingmaker.errors import KingmakerError
 
 #: name -> (module, one-line summary). Benchmarks are ``kingmaker bench <name>``.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("kingmaker.demo", "the whole product on this machine: train and register champion and challenger"),
     "train": ("training.cli", "train candidates on a data set and register the chosen one in MLflow"),
 }
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "quality": ("training.bench", "model quality on the real data: 5-fold CV and a time-ordered split"),
+    "promotion": ("k8s.bench", "promotion decision: A/A false promotions, power and samples to decision"),
 }
 
 EPILOG = """\

@@ -79,6 +79,20 @@ def _fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fs, path
 
 
+def _to_table(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    """Column by column, so timestamps of any timezone (or naive = UTC) land as UTC microseconds."""
+    arrays = []
+    for f in schema:
+        if f.name not in frame.columns:
+            arrays.append(pa.nulls(len(frame), f.type))
+        elif pa.types.is_timestamp(f.type):
+            utc = pd.to_datetime(frame[f.name], utc=True).dt.tz_convert(None)
+            arrays.append(pa.array(utc.to_numpy("datetime64[us]"), type=f.type))
+        else:
+            arrays.append(pa.array(frame[f.name].to_numpy(), type=f.type, from_pandas=True))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
 def append(url: str, rows: pd.DataFrame | Iterable[Mapping[str, Any]], schema: pa.Schema, *, ts_column: str) -> int:
     """Append rows as new Parquet file(s), one per date partition. Returns the number of rows written."""
     frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
@@ -87,7 +101,7 @@ def append(url: str, rows: pd.DataFrame | Iterable[Mapping[str, Any]], schema: p
     missing = [f.name for f in schema if f.name not in frame.columns and not f.nullable]
     if missing:
         raise ValueError(f"log rows lack required column(s): {', '.join(missing)}")
-    table = pa.Table.from_pandas(frame.reindex(columns=schema.names), schema=schema, preserve_index=False)
+    table = _to_table(frame, schema)
     fs, root = _fs(url)
     dates = pd.to_datetime(frame[ts_column], utc=True).dt.strftime("%Y-%m-%d").to_numpy()
     written = 0
