@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
                                                                                  n_jobs=args.n_jobs)))
     for i, (title, cfg) in enumerate(steps, 1):
         print(f"\n== step {i}/{len(steps)}: train the {title} on {ds.name} ({len(ds.frame)} rows) ==")
-        result = pipeline.train(ds, cfg, settings)  # type: ignore[arg-type]
+        result = pipeline.train(ds, cfg, settings)
         print(result.table.to_string(index=False))
         print(f"-> models:/{result.model_name}@{result.alias} = version {result.version}")
 

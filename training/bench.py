@@ -17,6 +17,7 @@ import platform
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -50,17 +51,17 @@ def run(args: argparse.Namespace) -> int:
     print(f"data: {ds.name}, {len(ds.frame)} rows, {ds.n_positive} frauds; {os.cpu_count()} CPU(s); MLflow run {parent.run_id}")
 
     trials = pipeline._trials(cfg)
-    cv_rows = []
+    cv_rows: list[dict[str, Any]] = []
     with tqdm(total=len(trials) * cfg.folds, desc=f"{cfg.folds}-fold CV on all rows", unit="fit") as bar:
         for candidate, params in trials:
             res = pipeline.cross_validate(candidate, params, ds.x, ds.y, amounts, cfg, bar)
             parent.log_candidate(res)
             cv_rows.append({"candidate": candidate.name, "params": params, **res.cv, "seconds": res.fit_seconds})
 
-    time_rows = []
+    time_rows: list[dict[str, Any]] = []
     train_idx, test_idx = pipeline.split(ds, pipeline.TrainConfig(split="time", test_size=0.2))
     tr, te = ds.subset(train_idx), ds.subset(test_idx)
-    best = {}
+    best: dict[str, dict[str, Any]] = {}
     for row in cv_rows:
         if row["candidate"] not in best or row["cv_pr_auc_mean"] > best[row["candidate"]]["cv_pr_auc_mean"]:
             best[row["candidate"]] = row
@@ -97,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     out.write_text(json.dumps({
         "data": ds.name, "rows": len(ds.frame), "frauds": ds.n_positive, "cpus": os.cpu_count(),
         "machine": platform.platform(), "cv": cv_rows, "time_split": time_rows, "train_seconds": train_seconds,
-        "best_cv": max(cv_rows, key=lambda r: r["cv_pr_auc_mean"]) if cv_rows else None,
+        "best_cv": max(cv_rows, key=lambda r: float(r["cv_pr_auc_mean"])) if cv_rows else None,
     }, indent=1, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)))
     print(f"wrote {out}")
     return 0

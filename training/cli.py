@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from training.data import Dataset
 
 DATA_HELP = ("'creditcard' (the real Kaggle set, 284,807 transactions), 'synthetic' (generated, with "
              "customer/merchant keys and a controllable fraud rate), or a CSV/Parquet file path")
@@ -20,7 +24,7 @@ def add_data_arguments(p: argparse.ArgumentParser, default: str = "creditcard") 
     g.add_argument("--seed", type=int, default=0, help="seed for sampling, splits, models and synthetic data")
 
 
-def load_data(args: argparse.Namespace) -> object:
+def load_data(args: argparse.Namespace) -> Dataset:
     from training import data
 
     if args.data == "creditcard":
@@ -71,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         costs=metrics.CostMatrix(review_cost=args.review_cost, missed_fraud_cost=args.missed_fraud_cost),
         tune=args.tune, n_bootstrap=args.bootstrap, seed=args.seed, n_jobs=args.n_jobs, register=not args.no_register)
     ds = load_data(args)
-    result = train(ds, cfg, settings)  # type: ignore[arg-type]
+    result = train(ds, cfg, settings)
     print()
     print(result.table.to_string(index=False))
     m = result.test_metrics

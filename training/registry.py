@@ -13,6 +13,7 @@ import logging
 import subprocess
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -98,13 +99,19 @@ class ParentRun:
         self.run_id = run_id
 
     def log_datasets(self, ds: Dataset, tr: Dataset, te: Dataset) -> None:
-        import mlflow.data
+        from mlflow.data.pandas_dataset import from_pandas
 
         inputs = []
         for part, context in ((tr, "training"), (te, "test")):
             frame = part.frame[[*part.features, part.label]]
-            dataset = mlflow.data.from_pandas(frame, source=ds.source, targets=part.label, name=f"{ds.name}-{context}")
-            inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)]))
+            with warnings.catch_warnings():
+                # MLflow registers its local source class twice and warns the choice is ambiguous;
+                # and hints that the 0/1 label column is an integer. Both are harmless here.
+                warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+                warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+                dataset = from_pandas(frame, source=ds.source, targets=part.label,
+                                      name=f"{ds.name}-{context}")._to_mlflow_entity()
+            inputs.append(DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)]))
         self.client.log_inputs(self.run_id, datasets=inputs)
 
     def log_candidate(self, res: CandidateResult) -> None:
