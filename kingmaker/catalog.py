@@ -57,14 +57,37 @@ TRAINING = (
 # --- drift job (drift_service) ----------------------------------------------------------------
 # Pushed to a Pushgateway by the drift CronJob. Severity gauges are ordinal: -1 insufficient data,
 # 0 none, 1 moderate, 2 severe (`drift_service.stats.Severity.level`).
-CATALOG = Catalog(specs=TRAINING)
+DRIFT = (
+    MetricSpec("kingmaker_drift_feature_psi", Kind.GAUGE,
+               "PSI of one feature in the window against the champion reference", ("feature", "model_version")),
+    MetricSpec("kingmaker_drift_feature_ks_statistic", Kind.GAUGE,
+               "Two-sample KS statistic D of one feature against the champion reference",
+               ("feature", "model_version")),
+    MetricSpec("kingmaker_drift_feature_ks_pvalue", Kind.GAUGE,
+               "KS p-value of one feature, corrected across features (BH or Bonferroni)",
+               ("feature", "model_version")),
+    MetricSpec("kingmaker_drift_feature_severity", Kind.GAUGE,
+               "Drift severity of one feature: -1 insufficient data, 0 none, 1 moderate, 2 severe",
+               ("feature", "model_version")),
+    MetricSpec("kingmaker_drift_features_drifted", Kind.GAUGE,
+               "Number of features with moderate or severe drift", ("model_version",)),
+    MetricSpec("kingmaker_drift_severity", Kind.GAUGE,
+               "Overall drift severity (features and scores): -1 insufficient data, 0 none, 1 moderate, 2 severe",
+               ("model_version",)),
+    MetricSpec("kingmaker_drift_score_psi", Kind.GAUGE,
+               "PSI of one arm's scores against its model version's reference scores", ("arm", "model_version")),
+    MetricSpec("kingmaker_drift_score_ks_pvalue", Kind.GAUGE,
+               "KS p-value of one arm's scores against its model version's reference scores",
+               ("arm", "model_version")),
+    MetricSpec("kingmaker_drift_arms_score_psi", Kind.GAUGE,
+               "PSI between champion and challenger scores in the same window",
+               ("champion_version", "challenger_version")),
+    MetricSpec("kingmaker_drift_window_rows", Kind.GAUGE,
+               "Prediction-log rows in the analysed window per arm (served and shadow)", ("arm",)),
+    MetricSpec("kingmaker_drift_duration_seconds", Kind.GAUGE,
+               "Wall time of the last drift job run"),
+    MetricSpec("kingmaker_drift_last_success_timestamp_seconds", Kind.GAUGE,
+               "Unix time of the last drift job run that completed"),
+)
 
-
-def create(spec: MetricSpec, registry: CollectorRegistry) -> Counter | Gauge | Histogram:
-    """Instantiate one catalog metric in ``registry``."""
-    if spec.kind is Kind.COUNTER:
-        return Counter(spec.name, spec.help, spec.labels, registry=registry)
-    if spec.kind is Kind.GAUGE:
-        return Gauge(spec.name, spec.help, spec.labels, registry=registry)
-    return Histogram(spec.name, spec.help, spec.labels, registry=registry,
-                     buckets=spec.buckets or Histogram.DEFAULT_BUCKETS)
+CATALOG = Catalog(specs=TRAINING + DRIFT)

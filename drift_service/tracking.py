@@ -1,0 +1,122 @@
+"""MLflow side of the drift job: find each arm's drift reference by alias, and log the job's run.
+
+Everything goes through an explicit ``MlflowClient(tracking_uri=...)`` passed in by the caller; this
+module sets no global MLflow state. Lookup is alias -> model version -> the run that produced it ->
+its ``drift_reference/`` artifact folder (written by training, read with `kingmaker.reference.load`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, RunStatus
+from mlflow.exceptions import MlflowException
+
+from kingmaker import reference as reference_format
+from kingmaker.errors import PermanentError, TemporaryError
+from kingmaker.reference import Reference
+
+log = logging.getLogger(__name__)
+
+_NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
+
+
+@dataclass(frozen=True)
+class ResolvedReference:
+    alias: str
+    version: str
+    run_id: str
+    reference: Reference
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _unreachable(uri: str, exc: BaseException) -> TemporaryError:
+    return TemporaryError(f"MLflow tracking store {uri} unreachable: {_first_line(exc)}")
+
+
+def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, in one line, when a tracking *server* does not answer (MLflow's own client would
+    retry with backoff for minutes before giving up)."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    import httpx
+
+    try:
+        httpx.get(tracking_uri.rstrip("/") + "/health", timeout=timeout).raise_for_status()
+    except httpx.HTTPError as exc:
+        raise TemporaryError(f"MLflow tracking store {tracking_uri} unreachable: {_first_line(exc)}") from exc
+
+
+def fetch_reference(client: MlflowClient, model_name: str, alias: str, dst: Path, *,
+                    required: bool) -> ResolvedReference | None:
+    """The drift reference of ``model_name@alias``, downloaded into ``dst``.
+
+    A missing alias is a `PermanentError` when ``required`` (the champion), else ``None`` (no
+    challenger yet). A version whose run has no reference artifact is always a `PermanentError`.
+    """
+    uri = client.tracking_uri
+    try:
+        version = client.get_model_version_by_alias(model_name, alias)
+    except MlflowException as exc:
+        if exc.error_code not in _NOT_FOUND:
+            raise _unreachable(uri, exc) from exc
+        if not required:
+            log.info("no %s@%s in %s: skipping that arm", model_name, alias, uri)
+            return None
+        raise PermanentError(f"no reference: {model_name}@{alias} not found in {uri} "
+                             f"({_first_line(exc)})") from exc
+    if not version.run_id:
+        raise PermanentError(f"no reference: {model_name} version {version.version} (@{alias}) has no run")
+    dst.mkdir(parents=True, exist_ok=True)
+    try:
+        local = client.download_artifacts(version.run_id, reference_format.ARTIFACT_DIR, str(dst))
+    except MlflowException as exc:
+        if exc.error_code in _NOT_FOUND:
+            raise PermanentError(f"no reference: run {version.run_id} of {model_name} version "
+                                 f"{version.version} (@{alias}) has no {reference_format.ARTIFACT_DIR}/ "
+                                 "artifact") from exc
+        raise _unreachable(uri, exc) from exc
+    except OSError as exc:
+        raise _unreachable(uri, exc) from exc
+    return ResolvedReference(alias, str(version.version), version.run_id, load_reference(Path(local)))
+
+
+def load_reference(folder: Path) -> Reference:
+    """`kingmaker.reference.load` with its failures as one-line `PermanentError`s."""
+    try:
+        return reference_format.load(folder)
+    except FileNotFoundError as exc:
+        raise PermanentError(f"no reference: {folder} lacks {Path(exc.filename or '').name or 'a file'}") from exc
+    except (ValueError, KeyError, OSError) as exc:
+        raise PermanentError(f"unreadable drift reference in {folder}: {_first_line(exc)}") from exc
+
+
+def log_run(client: MlflowClient, *, experiment: str, artifact_location: str | None, run_name: str,
+            tags: Mapping[str, str], metrics: Mapping[str, float], files: Sequence[Path]) -> str:
+    """One finished MLflow run holding ``metrics`` and ``files`` as artifacts; returns its id."""
+    try:
+        found = client.get_experiment_by_name(experiment)
+        experiment_id = found.experiment_id if found is not None else \
+            client.create_experiment(experiment, artifact_location=artifact_location)
+        run = client.create_run(experiment_id, tags=dict(tags), run_name=run_name)
+        run_id = run.info.run_id
+        timestamp = int(run.info.start_time)
+        batch = [Metric(key, float(value), timestamp, 0) for key, value in metrics.items()]
+        for start in range(0, len(batch), 500):  # log_batch accepts at most 1000 metrics
+            client.log_batch(run_id, metrics=batch[start:start + 500])
+        for path in files:
+            client.log_artifact(run_id, str(path))
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+    except MlflowException as exc:
+        raise _unreachable(client.tracking_uri, exc) from exc
+    except OSError as exc:
+        raise _unreachable(client.tracking_uri, exc) from exc
+    return str(run_id)
