@@ -90,4 +90,20 @@ DRIFT = (
                "Unix time of the last drift job run that completed"),
 )
 
-CATALOG = Catalog(specs=TRAINING + DRIFT)
+# --- promotion controller (k8s) ---------------------------------------------------------------
+# `outcome` is k8s.decide.Outcome, `reason` k8s.decide.Reason: both closed sets, so cardinality is bounded.
+CONTROLLER = (
+    MetricSpec("kingmaker_controller_decisions", Kind.COUNTER,
+               "Decisions of the promotion controller", ("outcome", "reason")),
+    MetricSpec("kingmaker_controller_last_decision_timestamp_seconds", Kind.GAUGE,
+               "Unix time of the last decision"),
+    MetricSpec("kingmaker_controller_p_value", Kind.GAUGE,
+               "Always-valid p-value of the last decision: test=better (challenger not better) or worse",
+               ("test",)),
+    MetricSpec("kingmaker_controller_matured_labelled", Kind.GAUGE,
+               "Matured labelled transactions per arm in the last decision", ("arm", "model_version")),
+    MetricSpec("kingmaker_controller_matured_positives", Kind.GAUGE,
+               "Matured frauds per arm in the last decision", ("arm", "model_version")),
+)
+
+CATALOG = Catalog(specs=TRAINING + DRIFT + CONTROLLER)
