@@ -21,6 +21,7 @@ from kingmaker.errors import KingmakerError
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("kingmaker.demo", "the whole product on this machine: train and register champion and challenger"),
     "train": ("training.cli", "train candidates on a data set and register the chosen one in MLflow"),
+    "promote": ("k8s.cli", "the promotion controller: decide, promote or roll back the challenger (local or --kubernetes)"),
     "drift": ("drift_service.cli", "measure drift of the latest prediction-log window from the champion's reference"),
 }
 BENCHMARKS: dict[str, tuple[str, str]] = {

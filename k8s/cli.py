@@ -1,0 +1,363 @@
+"""``kingmaker promote``: the promotion controller, locally or against a cluster.
+
+    kingmaker promote --dry-run [--json]     the current decision and its evidence; changes nothing
+    kingmaker promote --approve              approve the current challenger (approval: manual) and promote it
+    kingmaker promote --once                 one reconcile (observe -> decide -> act), then exit
+    kingmaker promote                        reconcile every evaluation interval, in the foreground
+    kingmaker promote --kubernetes           the same against the cluster's ChampionChallengers (Lease-elected)
+
+The policy comes from ``--policy FILE`` (a ``ChampionChallenger`` YAML, e.g. ``k8s/examples/...``) or the
+CRD defaults. Heavy imports happen in `run` only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from k8s.controller import Controller
+    from k8s.decide import Decision
+    from k8s.state import Spec, Status
+
+ENV_PROMETHEUS = "KINGMAKER_PROMETHEUS_URL"
+ENV_DRIFT_DIR = "KINGMAKER_DRIFT_OUTPUT_DIR"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--dry-run", action="store_true", help="print the current decision and its evidence; act on nothing")
+    what.add_argument("--approve", action="store_true",
+                      help="approve the current challenger version and promote it if the evidence supports it")
+    what.add_argument("--once", action="store_true", help="run one reconcile and exit (default: loop)")
+    p.add_argument("--json", action="store_true", help="with --dry-run: print JSON instead of a table")
+    p.add_argument("--policy", type=Path, help="ChampionChallenger YAML (CR format) with the model, traffic and "
+                   "policy (default: the CRD defaults for the configured model)")
+    p.add_argument("--name", help="resource name (default: metadata.name of --policy, else the model name)")
+    p.add_argument("--interval", type=float, help="seconds between reconciles (default: the policy's "
+                   "evaluationIntervalSeconds)")
+    p.add_argument("--mode", choices=["split", "shadow"], help="traffic mode without --policy (default split)")
+    p.add_argument("--challenger-weight", type=float, help="challenger share without --policy (default 0.1)")
+    src = p.add_argument_group("observation sources")
+    src.add_argument("--prometheus-url", help=f"Prometheus for the guardrails (default ${ENV_PROMETHEUS}; "
+                     "without one no guardrail is readable and nothing is promoted)")
+    src.add_argument("--prometheus-timeout", type=float, default=5.0, help="seconds per Prometheus query")
+    src.add_argument("--prometheus-selector", default="",
+                     help='extra label matchers for every query, e.g. namespace="fraud"')
+    src.add_argument("--guardrail-window", default="10m", help="PromQL range of the guardrail rates")
+    src.add_argument("--drift-dir", type=Path, help=f"folder of drift job results (default ${ENV_DRIFT_DIR}, "
+                     "else $KINGMAKER_HOME/drift)")
+    src.add_argument("--drift-from-prometheus", action="store_true",
+                     help="read the drift job's pushed gauges through Prometheus instead of drift.json")
+    src.add_argument("--drift-max-age-hours", type=float, default=48.0,
+                     help="an older drift result counts as missing (blocks promotion)")
+    src.add_argument("--metrics-port", type=int, help="serve the controller's /metrics here (default: 8080 with "
+                     "--kubernetes, off locally)")
+    kube = p.add_argument_group("kubernetes")
+    kube.add_argument("--kubernetes", action="store_true", help="act on the cluster (in-cluster config or kubeconfig)")
+    kube.add_argument("--namespace", help="namespace of the resources (default: the pod's / kubeconfig's)")
+    kube.add_argument("--lease-name", default="kingmaker-controller", help="Lease used for leader election")
+    kube.add_argument("--identity", help="leader-election identity (default <hostname>_<pid>)")
+    kube.add_argument("--champion-deployment", default="{name}-champion", help="champion arm Deployment")
+    kube.add_argument("--challenger-deployment", default="{name}-challenger", help="challenger arm Deployment")
+    kube.add_argument("--container", default="scorer", help="Scorer container name in the arm Deployments")
+    kube.add_argument("--router-configmap", default="{name}-router", help="ConfigMap holding router.yaml")
+
+
+# --- wiring -------------------------------------------------------------------------------------
+
+def _spec(args: argparse.Namespace, model_name: str) -> Spec:
+    import yaml
+
+    from k8s.state import Spec, Traffic, parse_spec
+    from kingmaker.errors import PermanentError
+    from kingmaker.logs import Mode
+
+    if args.policy is not None:
+        try:
+            doc = yaml.safe_load(args.policy.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise PermanentError(f"cannot read policy {args.policy}: {exc}") from exc
+        spec = parse_spec(doc, default_name=model_name)
+        if args.mode or args.challenger_weight is not None:
+            raise PermanentError("--mode/--challenger-weight apply without --policy only (edit spec.traffic)")
+    else:
+        weight = 0.1 if args.challenger_weight is None else args.challenger_weight
+        if not 0.0 <= weight <= 1.0:
+            raise PermanentError(f"--challenger-weight must be in [0, 1], got {weight}")
+        spec = Spec(name=model_name, model_name=model_name, traffic=Traffic(weight, Mode(args.mode or "split")))
+    from dataclasses import replace
+
+    return replace(spec, name=args.name) if args.name else spec
+
+
+def _sources(args: argparse.Namespace, home: Path) -> Any:
+    from k8s import observe as ob
+    from kingmaker.settings import LogSettings
+
+    logs = LogSettings.from_env(home)
+    url = args.prometheus_url or os.environ.get(ENV_PROMETHEUS)
+    prometheus = ob.PrometheusAPI(url, timeout=args.prometheus_timeout) if url else None
+    guardrails: Any = (ob.PrometheusGuardrails(prometheus, ob.GuardrailQueries(args.guardrail_window,
+                                                                                args.prometheus_selector))
+                       if prometheus else ob.NoGuardrails())
+    max_age = args.drift_max_age_hours * 3600.0
+    drift: Any
+    if args.drift_from_prometheus:
+        drift = ob.PrometheusDrift(prometheus, max_age_seconds=max_age, selector=args.prometheus_selector) \
+            if prometheus else ob.NoDrift()
+    else:
+        folder = args.drift_dir or (Path(os.environ[ENV_DRIFT_DIR]) if os.environ.get(ENV_DRIFT_DIR) else home / "drift")
+        drift = ob.FileDrift(folder, max_age)
+    return ob.Sources(ob.LogWindows(logs.predictions_url, logs.labels_url), guardrails, drift)
+
+
+def _start_metrics(port: int | None, metrics: Any) -> None:
+    if port:
+        from prometheus_client import start_http_server
+
+        start_http_server(port, registry=metrics.registry)
+
+
+# --- output -------------------------------------------------------------------------------------
+
+def _num(value: Any, spec: str = ".4g") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def decision_document(spec: Spec, status: Status, decision: Decision) -> dict[str, Any]:
+    from k8s.state import json_safe
+
+    return json_safe({"resource": spec.name, "model": spec.model_name, "phase": status.phase.value,
+                      "outcome": decision.outcome.value, "reason": decision.reason.value, "message": decision.message,
+                      "awaiting_approval": decision.awaiting_approval, "would_act": decision.act,
+                      "looks": decision.state.looks, "evidence": decision.evidence.as_dict()})
+
+
+def decision_table(spec: Spec, status: Status, decision: Decision) -> str:
+    ev, policy = decision.evidence, spec.policy
+    g = policy.guardrails
+    rows = [
+        ("", "champion", "challenger"),
+        ("version", ev.champion.version, ev.challenger.version),
+        ("matured labelled", ev.champion.labelled, ev.challenger.labelled),
+        ("matured frauds", ev.champion.positives, ev.challenger.positives),
+        ("not yet matured", ev.champion.immature, ev.challenger.immature),
+        ("unlabelled (left out)", ev.champion.unlabelled, ev.challenger.unlabelled),
+        (f"{policy.criterion.value}", _num(ev.champion.estimate), _num(ev.challenger.estimate)),
+    ]
+    width = max(len(str(r[0])) for r in rows) + 2
+    lines = [f"{spec.name}: model {spec.model_name}, {ev.mode.value} mode, challenger weight "
+             f"{spec.traffic.challenger_weight:g}, criterion {policy.criterion.value}, alpha {policy.alpha:g}, "
+             f"phase {status.phase.value}"]
+    lines += [f"  {str(a):<{width}}{str(b):>12}{str(c):>12}" for a, b, c in rows]
+    if ev.difference is not None:
+        ci = "" if ev.interval is None else f"  always-valid CS [{_num(ev.interval[0])}, {_num(ev.interval[1])}]"
+        lines.append(f"  {'difference':<{width}}{_num(ev.difference):>12}{ci}")
+    if ev.p_better is not None:
+        lines.append(f"  {'p better / worse':<{width}}{_num(ev.p_better, '.3g'):>12}{_num(ev.p_worse, '.3g'):>12}")
+    lines.append(f"  {'guardrails':<{width}}error rate {_num(ev.guardrails.error_rate, '.2%')} "
+                 f"(max {g.max_error_rate:.2%}), p99 {_num(ev.guardrails.p99_latency_seconds, '.3g')}s "
+                 f"(max {g.max_p99_latency_seconds:g}s), score PSI {_num(ev.score_psi, '.3g')} (max {g.max_score_psi:g})")
+    verdict = f"{decision.outcome.value} ({decision.reason.value})"
+    if decision.awaiting_approval:
+        verdict += " - awaiting approval: kingmaker promote --approve"
+    lines.append(f"  {'decision':<{width}}{verdict}")
+    lines.append(f"  {'':<{width}}{decision.message}")
+    lines.append(f"  looks so far: {decision.state.looks - 1} recorded (this one not recorded: dry run)")
+    return "\n".join(lines)
+
+
+def _print_decision(args: argparse.Namespace, spec: Spec, status: Status, decision: Decision) -> None:
+    import json
+
+    if args.json:
+        print(json.dumps(decision_document(spec, status, decision), indent=1))
+    else:
+        print(decision_table(spec, status, decision))
+
+
+def _print_result(spec: Spec, result: Any) -> int:
+    if result is None:
+        print(f"{spec.name}: reconcile failed (see the log); nothing more was done")
+        return 1
+    status = result.status
+    if result.decision is not None:
+        from k8s.act import summary
+
+        print(f"{spec.name}: {summary(result.decision)}")
+    print(f"{spec.name}: phase {status.phase.value}, champion v{status.champion_version}, "
+          f"challenger {('v' + status.challenger_version) if status.challenger_version else 'none'}")
+    return 0
+
+
+# --- local mode ---------------------------------------------------------------------------------
+
+def _local(args: argparse.Namespace) -> int:
+    import threading
+    import time
+
+    from k8s.act import ControllerMetrics, MlflowRegistry, Ports, current_pair
+    from k8s.controller import Controller, loop
+    from k8s.decide import Reason
+    from k8s.local import LocalLock, LocalServing, LocalStore
+    from kingmaker.errors import PermanentError, TemporaryError
+    from kingmaker.settings import MlflowSettings, default_home
+
+    home = default_home()
+    mlflow = MlflowSettings.from_env(home)
+    spec = _spec(args, mlflow.model_name)
+    store = LocalStore(home / "controller", spec)
+    metrics = ControllerMetrics()
+    ports = Ports(MlflowRegistry(mlflow.client(), spec.model_name), LocalServing(home / "serving", spec.model_name),
+                  store, metrics)
+    controller = Controller(store, ports, _sources(args, home))
+    lock = LocalLock(home / "controller" / f"{spec.name}.lock")
+
+    if args.dry_run:
+        return _dry_run(args, controller)
+    if args.approve:
+        spec, status = store.load()
+        pair = current_pair(ports.registry, spec)
+        if pair.challenger is None:
+            raise PermanentError(f"{spec.model_name} has no @{spec.challenger_alias}: nothing to approve")
+        from dataclasses import replace
+
+        decision = controller.evaluate(replace(spec, approved_challenger_version=pair.challenger), status, pair,
+                                       time.time())
+        if decision.reason is not Reason.CHALLENGER_BETTER:
+            print(f"not approving challenger v{pair.challenger}: {decision.outcome.value} ({decision.reason.value}): "
+                  f"{decision.message}")
+            return 1
+        store.approve(pair.challenger)
+        print(f"approved challenger v{pair.challenger} of {spec.model_name}")
+        try:
+            lock.acquire()
+        except TemporaryError as exc:
+            print(f"{exc}; the running controller promotes it at its next look")
+            return 0
+        try:
+            return _print_result(spec, controller.run_once())
+        finally:
+            lock.release()
+
+    lock.acquire()
+    try:
+        if args.once:
+            return _print_result(spec, controller.run_once())
+        _start_metrics(args.metrics_port, metrics)
+        interval = (lambda: float(args.interval)) if args.interval else (
+            lambda: float(store.load()[0].policy.evaluation_interval_seconds))
+        print(f"kingmaker promote: watching {spec.model_name} every {interval():g}s (Ctrl-C stops)", flush=True)
+        loop(controller, interval, threading.Event())
+        return 0
+    finally:
+        lock.release()
+
+
+def _dry_run(args: argparse.Namespace, controller: Controller) -> int:
+    import json
+    import time
+
+    from k8s.act import current_pair
+    from k8s.state import UNFINISHED
+
+    spec, status = controller.resource.load()
+    pair = current_pair(controller.ports.registry, spec)
+    if status.phase in UNFINISHED:
+        note = (f"{spec.name}: a {status.phase.value} of {status.champion_version} -> {status.challenger_version} "
+                f"is under way; the next reconcile finishes it")
+        print(json.dumps({"resource": spec.name, "phase": status.phase.value, "message": note}) if args.json else note)
+        return 0
+    if pair.challenger is None:
+        note = f"{spec.name}: champion v{pair.champion}, no @{spec.challenger_alias}: nothing to decide"
+        print(json.dumps({"resource": spec.name, "phase": status.phase.value, "champion": pair.champion,
+                          "challenger": None, "message": note}) if args.json else note)
+        return 0
+    decision = controller.evaluate(spec, status, pair, time.time())
+    _print_decision(args, spec, status, decision)
+    return 0
+
+
+# --- Kubernetes mode ----------------------------------------------------------------------------
+
+def _kubernetes(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+    import time
+    from dataclasses import replace
+
+    from k8s.act import ControllerMetrics, MlflowRegistry, Ports, current_pair
+    from k8s.controller import Controller, operate
+    from k8s.decide import Reason
+    from k8s.kube import Kube, KubeResource, KubeServing, LeaseElector, ServingNames, default_identity
+    from k8s.state import parse_spec
+    from kingmaker.errors import PermanentError
+    from kingmaker.settings import MlflowSettings, default_home
+
+    kube = Kube.connect(args.namespace)
+    mlflow = MlflowSettings.from_env()
+    metrics = ControllerMetrics()
+    sources = _sources(args, default_home())
+    identity = args.identity or default_identity()
+    elector = LeaseElector(kube, args.lease_name, identity)
+    names = ServingNames(args.champion_deployment, args.challenger_deployment, args.container, args.router_configmap)
+
+    def controller_for(doc: Mapping[str, Any]) -> Controller:
+        name = str(doc["metadata"]["name"])
+        model = str((doc.get("spec") or {}).get("modelName") or mlflow.model_name)
+        resource = KubeResource(kube, name, identity=identity, guard=elector.guard)
+        ports = Ports(MlflowRegistry(mlflow.client(), model), KubeServing(kube, names.resolve(name), model),
+                      resource, metrics, guard=elector.guard)
+        return Controller(resource, ports, sources)
+
+    if args.dry_run or args.approve:
+        name = args.name or mlflow.model_name
+        controller = controller_for(kube.get(name))
+        if args.dry_run:
+            return _dry_run(args, controller)
+        spec, status = controller.resource.load()
+        pair = current_pair(controller.ports.registry, spec)
+        if pair.challenger is None:
+            raise PermanentError(f"{spec.model_name} has no @{spec.challenger_alias}: nothing to approve")
+        decision = controller.evaluate(replace(spec, approved_challenger_version=pair.challenger), status, pair,
+                                       time.time())
+        if decision.reason is not Reason.CHALLENGER_BETTER:
+            print(f"not approving challenger v{pair.challenger}: {decision.outcome.value} ({decision.reason.value}): "
+                  f"{decision.message}")
+            return 1
+        kube.approve(name, pair.challenger, spec.resource_version)
+        print(f"approved challenger v{pair.challenger} on {name}; the leading controller promotes it at its next tick")
+        return 0
+
+    if args.once:
+        if not elector.try_acquire_or_renew():
+            print(f"another replica holds Lease {args.lease_name}: not acting")
+            return 1
+        try:
+            name = args.name or mlflow.model_name
+            return _print_result(parse_spec(kube.get(name)), controller_for(kube.get(name)).run_once())
+        finally:
+            elector.release()
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    _start_metrics(8080 if args.metrics_port is None else args.metrics_port, metrics)
+    renewer = threading.Thread(target=elector.run, args=(stop,), name="lease", daemon=True)
+    renewer.start()
+    print(f"kingmaker promote: controller {identity} in namespace {kube.namespace} (Lease {args.lease_name})",
+          flush=True)
+    try:
+        operate(kube.list, controller_for, elector, stop,
+                tick=min(10.0, args.interval) if args.interval else 10.0)
+    finally:
+        stop.set()
+        renewer.join(timeout=elector.retry_period + kube.timeout)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return _kubernetes(args) if args.kubernetes else _local(args)

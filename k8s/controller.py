@@ -1,0 +1,170 @@
+"""The reconcile loop — observe -> decide -> act — shared by local and Kubernetes mode.
+
+One reconcile of one resource:
+
+1. load the spec and status; if the status says a swap is under way (``Promoting``/``RollingBack``),
+   finish it (`k8s.act.complete`) and stop there — an interrupted promotion is resumed, never re-decided;
+2. read the pair from the registry aliases and make serving follow it (`k8s.act.converge`);
+3. no challenger, or one already rolled back: nothing to decide;
+4. `evaluate` = `k8s.observe.observe` + `k8s.decide.decide`;
+5. `k8s.act.act`.
+
+`Controller.run_once` wraps it: a `TemporaryError` (MLflow, the logs or the API server unreachable) is
+logged and retried at the next tick; a `PermanentError` puts the resource in phase ``Error`` with the
+message; neither escapes the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from k8s import act
+from k8s import state as st
+from k8s.act import LostLeadership, Ports
+from k8s.decide import Decision, decide
+from k8s.observe import Sources, observe
+from k8s.state import Pair, Spec, Status
+from kingmaker.errors import KingmakerError, PermanentError, TemporaryError
+
+log = logging.getLogger(__name__)
+
+
+class ResourceSource(Protocol):
+    def load(self) -> tuple[Spec, Status]:
+        """The resource's spec (validated; raises `PermanentError`) and status, freshly read."""
+        ...
+
+    def status(self) -> Status:
+        """The status alone (to record an error when the spec cannot be read)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Result:
+    status: Status
+    decision: Decision | None = None  # None: resumed a swap, or nothing to decide
+    resumed: bool = False
+
+
+@dataclass
+class Controller:
+    resource: ResourceSource
+    ports: Ports
+    sources: Sources
+    clock: Callable[[], float] = field(default=time.time)
+
+    def evaluate(self, spec: Spec, status: Status, pair: Pair, now: float) -> Decision:
+        """Observe and decide; no side effects (this is all ``--dry-run`` does)."""
+        observations = observe(self.sources, spec, pair, now)
+        return decide(observations, spec.policy, status.state(spec.approved_challenger_version))
+
+    def reconcile(self) -> Result:
+        spec, status = self.resource.load()
+        now = self.clock()
+        if status.phase in st.UNFINISHED:
+            log.info("%s: resuming an interrupted %s (%s -> %s)", spec.name, status.phase.value,
+                     status.champion_version, status.challenger_version)
+            return Result(act.complete(spec, status, self.ports, now), resumed=True)
+        pair = act.current_pair(self.ports.registry, spec)
+        act.converge(spec, status, pair, self.ports)
+        if pair.challenger is None or st.retired(status, pair):
+            return Result(self._settle(spec, status, pair, now))
+        decision = self.evaluate(spec, status, pair, now)
+        return Result(act.act(decision, spec, status, self.ports, now), decision)
+
+    def _settle(self, spec: Spec, status: Status, pair: Pair, now: float) -> Status:
+        settled = st.settled(status, pair, now=now)
+        if settled != status:
+            self.ports.store.save(settled)
+        log.info("%s: champion v%s, %s: nothing to evaluate", spec.name, pair.champion,
+                 "no challenger" if pair.challenger is None else f"challenger v{pair.challenger} was rolled back")
+        return settled
+
+    def run_once(self) -> Result | None:
+        """`reconcile`, with errors turned into log lines (temporary) or phase ``Error`` (permanent)."""
+        try:
+            return self.reconcile()
+        except LostLeadership as exc:
+            log.warning("not acting: %s", exc)
+        except TemporaryError as exc:
+            log.warning("reconcile failed, will retry: %s", exc)
+        except PermanentError as exc:
+            log.error("reconcile failed: %s", exc)
+            self._record_failure(str(exc))
+        return None
+
+    def _record_failure(self, message: str) -> None:
+        try:
+            status = self.resource.status()
+            failed = st.failed(status, message, now=self.clock())
+            if failed != status:
+                self.ports.guard()
+                self.ports.store.save(failed)
+                self.ports.store.event("Warning", "ReconcileFailed", message)
+        except KingmakerError as exc:
+            log.error("could not record the failure in the status: %s", exc)
+
+
+def loop(controller: Controller, interval: Callable[[], float], stop: threading.Event) -> None:
+    """Reconcile every ``interval()`` seconds (re-read each time: the policy may change) until ``stop``."""
+    while not stop.is_set():
+        started = time.monotonic()
+        controller.run_once()
+        stop.wait(max(0.0, interval() - (time.monotonic() - started)))
+
+
+# --- Kubernetes: every ChampionChallenger in the namespace -------------------------------------
+
+@dataclass
+class _Tracked:
+    next_due: float = 0.0
+    generation: int | None = None
+
+
+class Elector(Protocol):
+    @property
+    def leading(self) -> bool: ...
+
+
+def _interval(doc: Mapping[str, Any], default: float) -> float:
+    try:
+        value = doc["spec"]["policy"]["evaluationIntervalSeconds"]
+        return float(value) if isinstance(value, int) and value >= 10 else default
+    except (KeyError, TypeError):
+        return default
+
+
+def operate(list_resources: Callable[[], Iterable[Mapping[str, Any]]],
+            controller_for: Callable[[Mapping[str, Any]], Controller], elector: Elector, stop: threading.Event,
+            *, tick: float = 10.0, default_interval: float = 300.0, clock: Callable[[], float] = time.monotonic) -> None:
+    """While leading, reconcile each resource when due, when its spec changed (``metadata.generation``,
+    e.g. an approval) or while a swap is under way. Polls every ``tick`` seconds."""
+    tracked: dict[str, _Tracked] = {}
+    while not stop.is_set():
+        if elector.leading:
+            try:
+                docs = list(list_resources())
+            except KingmakerError as exc:
+                log.warning("cannot list ChampionChallengers, will retry: %s", exc)
+                docs = []
+            now = clock()
+            for doc in docs:
+                meta = doc.get("metadata") or {}
+                name = str(meta.get("name"))
+                t = tracked.setdefault(name, _Tracked())
+                phase = (doc.get("status") or {}).get("phase")
+                changed = meta.get("generation") != t.generation
+                if now >= t.next_due or changed or phase in {p.value for p in st.UNFINISHED}:
+                    t.generation = meta.get("generation")
+                    t.next_due = now + _interval(doc, default_interval)
+                    controller_for(doc).run_once()
+                if not elector.leading:
+                    break
+            for gone in set(tracked) - {str((d.get("metadata") or {}).get("name")) for d in docs}:
+                tracked.pop(gone, None)
+        stop.wait(tick)

@@ -1,0 +1,454 @@
+"""The thin Kubernetes adapter: the official ``kubernetes`` client, and nothing clever.
+
+- `Kube` — the calls the controller makes, each with a timeout, every `ApiException` translated:
+  409 -> `Conflict` (re-read and retry), 404 -> `NotFound`, 429/5xx/transport -> `TemporaryError`, other
+  4xx -> `PermanentError`.
+- `KubeResource` — `ResourceSource` + `StatusStore` for one ``ChampionChallenger``: status through the
+  status subresource (JSON merge patch carrying ``metadata.resourceVersion``: a concurrent write gives 409,
+  we re-read and retry), Events through ``events.k8s.io/v1``.
+- `KubeServing` — `ServingTarget`: each arm's Deployment gets the model URI env var and a pod-template
+  annotation with the version (a strategic merge patch, so the Deployment rolls its pods); the router
+  ConfigMap's ``router.yaml`` gets ``mode`` and ``challenger_weight`` (other keys kept; 409 -> re-read).
+- `LeaseElector` — leader election on a ``coordination.k8s.io/v1`` Lease, client-go's algorithm: the
+  holder renews every few seconds; a candidate takes over only after it has seen the Lease unchanged for
+  ``leaseDurationSeconds`` on its own clock (no cross-machine clock comparison); the leader stops acting
+  once it has not renewed for ``renew_deadline`` < lease duration. So two replicas never act at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import yaml
+
+from k8s.act import LostLeadership
+from k8s.resource import GROUP, KIND, PLURAL, VERSION
+from k8s.state import Arms, Spec, Status, parse_spec
+from kingmaker.errors import PermanentError, TemporaryError
+from kingmaker.logs import Mode
+
+log = logging.getLogger(__name__)
+
+FIELD_MANAGER = "kingmaker-controller"
+REPORTING_CONTROLLER = f"{GROUP}/promotion-controller"
+MERGE_PATCH = "application/merge-patch+json"
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
+VERSION_ANNOTATION = f"{GROUP}/model-version"
+MODEL_URI_ENV = "KINGMAKER_MODEL_URI"
+CONFLICT_RETRIES = 5
+
+
+class Conflict(TemporaryError):
+    """409: the object changed since it was read."""
+
+
+class NotFound(PermanentError):
+    """404: the object does not exist."""
+
+
+def _message(exc: Any) -> str:
+    import json
+
+    try:
+        body = json.loads(exc.body or "{}")
+        return str(body.get("message") or exc.reason)
+    except (ValueError, TypeError):
+        return str(exc.reason)
+
+
+def default_identity() -> str:
+    """``<pod name>_<pid>``: unique per process (the pod name is the hostname in a cluster)."""
+    return f"{os.environ.get('POD_NAME') or socket.gethostname()}_{os.getpid()}"
+
+
+class Kube:
+    """The API calls, namespaced, with timeouts and translated errors. Build with `connect` or an `ApiClient`."""
+
+    def __init__(self, api_client: Any, namespace: str, *, timeout: float = 10.0,
+                 field_manager: str = FIELD_MANAGER):
+        from kubernetes import client
+
+        self.api_client = api_client
+        self.namespace = namespace
+        self.timeout = timeout
+        self.field_manager = field_manager
+        self.custom = client.CustomObjectsApi(api_client)
+        self.apps = client.AppsV1Api(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.events = client.EventsV1Api(api_client)
+        self.coordination = client.CoordinationV1Api(api_client)
+
+    @classmethod
+    def connect(cls, namespace: str | None = None, *, timeout: float = 10.0) -> Kube:
+        """In-cluster configuration when running in a pod, else the kubeconfig (its current namespace)."""
+        from kubernetes import client, config
+
+        try:
+            config.load_incluster_config()
+            ns = namespace or _incluster_namespace()
+        except config.ConfigException:
+            try:
+                config.load_kube_config()
+            except (config.ConfigException, OSError) as exc:
+                raise PermanentError(f"no Kubernetes configuration (in-cluster or kubeconfig): {exc}") from exc
+            _, active = config.list_kube_config_contexts()
+            ns = namespace or active.get("context", {}).get("namespace") or "default"
+        return cls(client.ApiClient(), ns, timeout=timeout)
+
+    def call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        import urllib3
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return fn(*args, _request_timeout=self.timeout, **kwargs)
+        except ApiException as exc:
+            status = exc.status or 0
+            text = f"Kubernetes: {what}: {status} {_message(exc)}"
+            if status == 409:
+                raise Conflict(text) from exc
+            if status == 404:
+                raise NotFound(text) from exc
+            if status == 429 or status >= 500 or status == 0:
+                raise TemporaryError(text) from exc
+            raise PermanentError(text) from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise TemporaryError(f"Kubernetes: {what}: API server unreachable: {exc}") from exc
+
+    # --- the ChampionChallenger ----------------------------------------------------------------
+
+    def get(self, name: str) -> dict[str, Any]:
+        return dict(self.call(f"reading {KIND} {name}", self.custom.get_namespaced_custom_object,
+                              GROUP, VERSION, self.namespace, PLURAL, name))
+
+    def list(self) -> list[dict[str, Any]]:
+        out = self.call(f"listing {PLURAL}", self.custom.list_namespaced_custom_object,
+                        GROUP, VERSION, self.namespace, PLURAL)
+        return list(out.get("items") or [])
+
+    def patch_status(self, name: str, status: Mapping[str, Any], resource_version: str | None) -> dict[str, Any]:
+        body: dict[str, Any] = {"status": dict(status)}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        return dict(self.call(f"patching {KIND} {name} status", self.custom.patch_namespaced_custom_object_status,
+                              GROUP, VERSION, self.namespace, PLURAL, name, body,
+                              field_manager=self.field_manager, _content_type=MERGE_PATCH))
+
+    def approve(self, name: str, version: str, resource_version: str | None) -> dict[str, Any]:
+        """``spec.approvedChallengerVersion`` (what ``kingmaker promote --approve --kubernetes`` writes)."""
+        body: dict[str, Any] = {"spec": {"approvedChallengerVersion": version}}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        return dict(self.call(f"approving {version} on {KIND} {name}", self.custom.patch_namespaced_custom_object,
+                              GROUP, VERSION, self.namespace, PLURAL, name, body,
+                              field_manager=self.field_manager, _content_type=MERGE_PATCH))
+
+    def event(self, regarding: Mapping[str, Any], type_: str, reason: str, action: str, note: str,
+              instance: str) -> None:
+        from kubernetes import client
+
+        meta = regarding.get("metadata") or {}
+        body = client.EventsV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{meta.get('name', 'kingmaker')}.", namespace=self.namespace),
+            event_time=datetime.now(UTC), type=type_, reason=reason[:128], action=action[:128],
+            note=note.encode()[:1000].decode(errors="ignore"),
+            reporting_controller=REPORTING_CONTROLLER, reporting_instance=instance[:128],
+            regarding=client.V1ObjectReference(api_version=f"{GROUP}/{VERSION}", kind=KIND, name=meta.get("name"),
+                                               namespace=self.namespace, uid=meta.get("uid"),
+                                               resource_version=meta.get("resourceVersion")))
+        self.call(f"creating event {reason}", self.events.create_namespaced_event, self.namespace, body,
+                  field_manager=self.field_manager)
+
+    # --- arms and router --------------------------------------------------------------------------
+
+    def deployment(self, name: str) -> Any:
+        return self.call(f"reading Deployment {name}", self.apps.read_namespaced_deployment, name, self.namespace)
+
+    def patch_deployment(self, name: str, body: Mapping[str, Any]) -> None:
+        self.call(f"patching Deployment {name}", self.apps.patch_namespaced_deployment, name, self.namespace,
+                  dict(body), field_manager=self.field_manager, _content_type=STRATEGIC_MERGE_PATCH)
+
+    def config_map(self, name: str) -> Any:
+        return self.call(f"reading ConfigMap {name}", self.core.read_namespaced_config_map, name, self.namespace)
+
+    def patch_config_map(self, name: str, data: Mapping[str, str], resource_version: str | None) -> None:
+        body: dict[str, Any] = {"data": dict(data)}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        self.call(f"patching ConfigMap {name}", self.core.patch_namespaced_config_map, name, self.namespace, body,
+                  field_manager=self.field_manager, _content_type=STRATEGIC_MERGE_PATCH)
+
+    # --- leases -----------------------------------------------------------------------------------
+
+    def read_lease(self, name: str) -> Any:
+        return self.call(f"reading Lease {name}", self.coordination.read_namespaced_lease, name, self.namespace)
+
+    def create_lease(self, lease: Any) -> Any:
+        return self.call("creating Lease", self.coordination.create_namespaced_lease, self.namespace, lease,
+                         field_manager=self.field_manager)
+
+    def replace_lease(self, name: str, lease: Any) -> Any:
+        return self.call(f"updating Lease {name}", self.coordination.replace_namespaced_lease, name, self.namespace,
+                         lease, field_manager=self.field_manager)
+
+
+def _incluster_namespace() -> str:
+    try:
+        with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as fh:
+            return fh.read().strip() or "default"
+    except OSError:
+        return os.environ.get("POD_NAMESPACE", "default")
+
+
+# --- the resource -------------------------------------------------------------------------------
+
+class KubeResource:
+    """One ``ChampionChallenger``: `ResourceSource` and `StatusStore`."""
+
+    def __init__(self, kube: Kube, name: str, *, identity: str, guard: Callable[[], None] = lambda: None):
+        self.kube = kube
+        self.name = name
+        self.identity = identity
+        self.guard = guard
+        self._doc: dict[str, Any] | None = None
+
+    def _read(self) -> dict[str, Any]:
+        self._doc = self.kube.get(self.name)
+        return self._doc
+
+    def load(self) -> tuple[Spec, Status]:
+        doc = self._read()
+        return parse_spec(doc), Status.from_dict(doc.get("status"))
+
+    def status(self) -> Status:
+        return Status.from_dict((self._doc or self._read()).get("status"))
+
+    def save(self, status: Status) -> None:
+        """Merge-patch the status; fields the new status lacks are removed (null), 409 -> re-read, retry."""
+        body: dict[str, Any] = {"championVersion": None, "challengerVersion": None, "lastEvaluation": None,
+                                **status.to_dict()}
+        doc = self._doc or self._read()
+        for attempt in range(CONFLICT_RETRIES):
+            self.guard()
+            try:
+                self._doc = self.kube.patch_status(self.name, body, (doc.get("metadata") or {}).get("resourceVersion"))
+                return
+            except Conflict:
+                if attempt == CONFLICT_RETRIES - 1:
+                    raise
+                log.info("%s: status conflict, re-reading", self.name)
+                doc = self._read()
+
+    def event(self, type_: str, reason: str, message: str) -> None:
+        try:
+            action = {"Promoted": "Promote", "RolledBack": "Rollback"}.get(reason, "Evaluate")
+            self.kube.event(self._doc or {"metadata": {"name": self.name}}, type_, reason, action, message,
+                            self.identity)
+        except (TemporaryError, PermanentError) as exc:
+            log.warning("%s: event %s not recorded: %s", self.name, reason, exc)
+
+
+# --- serving ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ServingNames:
+    """Where the arms and the router live; ``{name}`` is the resource's name."""
+
+    champion_deployment: str = "{name}-champion"
+    challenger_deployment: str = "{name}-challenger"
+    container: str = "scorer"
+    router_configmap: str = "{name}-router"
+    router_key: str = "router.yaml"
+
+    def resolve(self, name: str) -> ServingNames:
+        return replace(self, champion_deployment=self.champion_deployment.format(name=name),
+                       challenger_deployment=self.challenger_deployment.format(name=name),
+                       router_configmap=self.router_configmap.format(name=name))
+
+
+def deployment_patch(container: str, model_uri: str, version: str) -> dict[str, Any]:
+    """Strategic merge patch: containers and env merge by name, so only this variable changes."""
+    return {"spec": {"template": {
+        "metadata": {"annotations": {VERSION_ANNOTATION: version}},
+        "spec": {"containers": [{"name": container, "env": [{"name": MODEL_URI_ENV, "value": model_uri}]}]},
+    }}}
+
+
+class KubeServing:
+    """`ServingTarget` over the two arm Deployments and the router ConfigMap."""
+
+    def __init__(self, kube: Kube, names: ServingNames, model_name: str):
+        self.kube = kube
+        self.names = names
+        self.model_name = model_name
+
+    def _serves(self, deployment: Any) -> tuple[str | None, str | None]:
+        template = deployment.spec.template
+        annotations = (template.metadata.annotations if template.metadata else None) or {}
+        for c in template.spec.containers or []:
+            if c.name == self.names.container:
+                env = {e.name: e.value for e in c.env or []}
+                return env.get(MODEL_URI_ENV), annotations.get(VERSION_ANNOTATION)
+        raise PermanentError(f"Deployment {deployment.metadata.name} has no container {self.names.container!r}")
+
+    def _point_one(self, name: str, version: str) -> bool:
+        from k8s.local import model_uri
+
+        uri = model_uri(self.model_name, version)
+        if self._serves(self.kube.deployment(name)) == (uri, version):
+            return False
+        self.kube.patch_deployment(name, deployment_patch(self.names.container, uri, version))
+        log.info("Deployment %s -> %s (rolling update)", name, uri)
+        return True
+
+    def point(self, arms: Arms) -> bool:
+        changed = self._point_one(self.names.champion_deployment, arms.champion)
+        if arms.challenger is not None:  # no challenger: leave its Deployment alone, it gets no traffic
+            changed = self._point_one(self.names.challenger_deployment, arms.challenger) or changed
+        return changed
+
+    def route(self, mode: Mode, challenger_weight: float) -> bool:
+        from bentos import config as router_config
+
+        name, key = self.names.router_configmap, self.names.router_key
+        for attempt in range(CONFLICT_RETRIES):
+            cm = self.kube.config_map(name)
+            text = (cm.data or {}).get(key, "")
+            try:
+                doc = yaml.safe_load(text) if text else {}
+            except yaml.YAMLError as exc:
+                raise PermanentError(f"ConfigMap {name} key {key} is not valid YAML: {exc}") from exc
+            current = router_config.parse(doc, source=f"ConfigMap {name} {key}")
+            wanted = replace(current, mode=mode, challenger_weight=challenger_weight)
+            if wanted == current and text:
+                return False
+            try:
+                self.kube.patch_config_map(name, {key: yaml.safe_dump(wanted.as_dict(), sort_keys=False)},
+                                           cm.metadata.resource_version)
+                log.info("ConfigMap %s: mode %s, challenger weight %g", name, mode.value, challenger_weight)
+                return True
+            except Conflict:
+                if attempt == CONFLICT_RETRIES - 1:
+                    raise
+                log.info("ConfigMap %s changed under us, re-reading", name)
+        return False  # pragma: no cover
+
+
+# --- leader election -----------------------------------------------------------------------------
+
+class LeaseElector:
+    """Leader election on a Lease. `try_acquire_or_renew` once per ``retry_period``; `leading` before acting."""
+
+    def __init__(self, kube: Kube, name: str, identity: str, *, lease_seconds: float = 30.0,
+                 renew_deadline: float = 20.0, retry_period: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], datetime] = lambda: datetime.now(UTC)):
+        if not retry_period < renew_deadline < lease_seconds:
+            raise PermanentError("leader election needs retry period < renew deadline < lease duration")
+        self.kube = kube
+        self.name = name
+        self.identity = identity
+        self.lease_seconds = lease_seconds
+        self.renew_deadline = renew_deadline
+        self.retry_period = retry_period
+        self.clock = clock
+        self.wall = wall
+        self._renewed_at: float | None = None
+        self._observed: tuple[str | None, float] = (None, 0.0)  # (resourceVersion, when we first saw it)
+
+    @property
+    def leading(self) -> bool:
+        return self._renewed_at is not None and self.clock() - self._renewed_at < self.renew_deadline
+
+    def guard(self) -> None:
+        if not self.leading:
+            raise LostLeadership(f"{self.identity} does not hold Lease {self.name}")
+
+    def _spec(self, *, acquire: datetime, transitions: int, now: datetime, duration: float | None = None) -> Any:
+        from kubernetes import client
+
+        return client.V1LeaseSpec(holder_identity=self.identity, lease_duration_seconds=int(duration or self.lease_seconds),
+                                  acquire_time=acquire, renew_time=now, lease_transitions=transitions)
+
+    def try_acquire_or_renew(self) -> bool:
+        """One round of the election. True if this process leads now."""
+        from kubernetes import client
+
+        now_m, now = self.clock(), self.wall()
+        try:
+            lease = self.kube.read_lease(self.name)
+        except NotFound:
+            body = client.V1Lease(metadata=client.V1ObjectMeta(name=self.name, namespace=self.kube.namespace),
+                                  spec=self._spec(acquire=now, transitions=0, now=now))
+            try:
+                created = self.kube.create_lease(body)
+            except Conflict:
+                return self._lost("another candidate created the Lease first")
+            return self._won(created, now_m, "acquired (new Lease)")
+        except TemporaryError as exc:
+            log.warning("leader election: %s", exc)
+            return self.leading
+        rv = lease.metadata.resource_version
+        if rv != self._observed[0]:
+            self._observed = (rv, now_m)
+        spec = lease.spec or client.V1LeaseSpec()
+        holder = spec.holder_identity
+        duration = float(spec.lease_duration_seconds or self.lease_seconds)
+        if holder and holder != self.identity and now_m - self._observed[1] < duration:
+            return self._lost(None)
+        mine = holder == self.identity
+        lease.spec = self._spec(acquire=spec.acquire_time if mine and spec.acquire_time else now,
+                                transitions=(spec.lease_transitions or 0) + (0 if mine else 1), now=now)
+        try:
+            updated = self.kube.replace_lease(self.name, lease)
+        except Conflict:
+            return self._lost("the Lease changed while renewing")
+        except TemporaryError as exc:
+            log.warning("leader election: %s", exc)
+            return self.leading
+        return self._won(updated, now_m, None if mine else f"acquired (was {holder or 'free'})")
+
+    def _won(self, lease: Any, now_m: float, note: str | None) -> bool:
+        was = self.leading
+        self._renewed_at = now_m
+        self._observed = (lease.metadata.resource_version, now_m)
+        if note or not was:
+            log.info("leader election: %s leads (%s)", self.identity, note or "renewed")
+        return True
+
+    def _lost(self, why: str | None) -> bool:
+        if self._renewed_at is not None:
+            log.warning("leader election: %s lost the lease%s", self.identity, f": {why}" if why else "")
+        self._renewed_at = None
+        return False
+
+    def release(self) -> None:
+        """Give the Lease up on a clean shutdown so another replica takes over at once."""
+        if not self.leading:
+            return
+        try:
+            lease = self.kube.read_lease(self.name)
+            if lease.spec and lease.spec.holder_identity == self.identity:
+                lease.spec.holder_identity = None
+                lease.spec.lease_duration_seconds = 1
+                self.kube.replace_lease(self.name, lease)
+        except (TemporaryError, PermanentError) as exc:
+            log.warning("leader election: could not release the Lease: %s", exc)
+        self._renewed_at = None
+
+    def run(self, stop: threading.Event) -> None:
+        """Renew in the background until ``stop``; then release."""
+        while not stop.is_set():
+            try:
+                self.try_acquire_or_renew()
+            except PermanentError as exc:
+                log.error("leader election: %s", exc)
+                self._renewed_at = None
+            stop.wait(self.retry_period)
+        self.release()
