@@ -194,17 +194,35 @@ def _print_result(spec: Spec, result: Any) -> int:
     return 0
 
 
+def _approvable(controller: Controller, spec: Spec, status: Status) -> str | None:
+    """The challenger version to approve, or None (saying why) when the evidence would not promote it."""
+    import time
+    from dataclasses import replace
+
+    from k8s.act import current_pair
+    from k8s.decide import Reason
+    from kingmaker.errors import PermanentError
+
+    pair = current_pair(controller.ports.registry, spec)
+    if pair.challenger is None:
+        raise PermanentError(f"{spec.model_name} has no @{spec.challenger_alias}: nothing to approve")
+    decision = controller.evaluate(replace(spec, approved_challenger_version=pair.challenger), status, pair, time.time())
+    if decision.reason is not Reason.CHALLENGER_BETTER:
+        print(f"not approving challenger v{pair.challenger}: {decision.outcome.value} ({decision.reason.value}): "
+              f"{decision.message}")
+        return None
+    return pair.challenger
+
+
 # --- local mode ---------------------------------------------------------------------------------
 
 def _local(args: argparse.Namespace) -> int:
     import threading
-    import time
 
-    from k8s.act import ControllerMetrics, MlflowRegistry, Ports, current_pair
+    from k8s.act import ControllerMetrics, MlflowRegistry, Ports
     from k8s.controller import Controller, loop
-    from k8s.decide import Reason
     from k8s.local import LocalLock, LocalServing, LocalStore
-    from kingmaker.errors import PermanentError, TemporaryError
+    from kingmaker.errors import TemporaryError
     from kingmaker.settings import MlflowSettings, default_home
 
     home = default_home()
@@ -221,19 +239,11 @@ def _local(args: argparse.Namespace) -> int:
         return _dry_run(args, controller)
     if args.approve:
         spec, status = store.load()
-        pair = current_pair(ports.registry, spec)
-        if pair.challenger is None:
-            raise PermanentError(f"{spec.model_name} has no @{spec.challenger_alias}: nothing to approve")
-        from dataclasses import replace
-
-        decision = controller.evaluate(replace(spec, approved_challenger_version=pair.challenger), status, pair,
-                                       time.time())
-        if decision.reason is not Reason.CHALLENGER_BETTER:
-            print(f"not approving challenger v{pair.challenger}: {decision.outcome.value} ({decision.reason.value}): "
-                  f"{decision.message}")
+        version = _approvable(controller, spec, status)
+        if version is None:
             return 1
-        store.approve(pair.challenger)
-        print(f"approved challenger v{pair.challenger} of {spec.model_name}")
+        store.approve(version)
+        print(f"approved challenger v{version} of {spec.model_name}")
         try:
             lock.acquire()
         except TemporaryError as exc:
@@ -287,15 +297,11 @@ def _dry_run(args: argparse.Namespace, controller: Controller) -> int:
 def _kubernetes(args: argparse.Namespace) -> int:
     import signal
     import threading
-    import time
-    from dataclasses import replace
 
-    from k8s.act import ControllerMetrics, MlflowRegistry, Ports, current_pair
+    from k8s.act import ControllerMetrics, MlflowRegistry, Ports
     from k8s.controller import Controller, operate
-    from k8s.decide import Reason
     from k8s.kube import Kube, KubeResource, KubeServing, LeaseElector, ServingNames, default_identity
     from k8s.state import parse_spec
-    from kingmaker.errors import PermanentError
     from kingmaker.settings import MlflowSettings, default_home
 
     kube = Kube.connect(args.namespace)
@@ -320,17 +326,11 @@ def _kubernetes(args: argparse.Namespace) -> int:
         if args.dry_run:
             return _dry_run(args, controller)
         spec, status = controller.resource.load()
-        pair = current_pair(controller.ports.registry, spec)
-        if pair.challenger is None:
-            raise PermanentError(f"{spec.model_name} has no @{spec.challenger_alias}: nothing to approve")
-        decision = controller.evaluate(replace(spec, approved_challenger_version=pair.challenger), status, pair,
-                                       time.time())
-        if decision.reason is not Reason.CHALLENGER_BETTER:
-            print(f"not approving challenger v{pair.challenger}: {decision.outcome.value} ({decision.reason.value}): "
-                  f"{decision.message}")
+        version = _approvable(controller, spec, status)
+        if version is None:
             return 1
-        kube.approve(name, pair.challenger, spec.resource_version)
-        print(f"approved challenger v{pair.challenger} on {name}; the leading controller promotes it at its next tick")
+        kube.approve(name, version, spec.resource_version)
+        print(f"approved challenger v{version} on {name}; the leading controller promotes it at its next tick")
         return 0
 
     if args.once:

@@ -27,7 +27,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
 from kingmaker import reference
-from kingmaker.errors import PermanentError, TemporaryError
+from kingmaker.errors import TemporaryError
 from kingmaker.settings import MlflowSettings
 from training.data import Dataset
 

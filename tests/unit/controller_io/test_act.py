@@ -19,7 +19,7 @@ from k8s.state import Arms, Pair, Status
 from kingmaker.errors import PermanentError
 from kingmaker.logs import Mode
 
-from .conftest import MODEL, T0, Boom, Fixed, Home, MemoryStore, RecordingServing, sources, spec, traffic_frame
+from .conftest import T0, Boom, Fixed, Home, MemoryStore, RecordingServing, sources, spec, traffic_frame
 
 NOW = T0 + 2500 + 3600 + 120
 
