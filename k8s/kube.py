@@ -299,7 +299,7 @@ class KubeServing:
         raise PermanentError(f"Deployment {deployment.metadata.name} has no container {self.names.container!r}")
 
     def _point_one(self, name: str, version: str) -> bool:
-        from k8s.local import model_uri
+        from kingmaker.arms import model_uri
 
         uri = model_uri(self.model_name, version)
         if self._serves(self.kube.deployment(name)) == (uri, version):

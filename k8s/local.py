@@ -13,17 +13,9 @@ Files (all under ``$KINGMAKER_HOME``):
     The Router's hot-reloaded traffic file (`bentos.config`): the controller sets ``mode`` and
     ``challenger_weight`` and keeps every other key as it finds it.
 ``serving/arms.yaml``
-    **The contract with local serving**: the model version each arm must serve. The controller writes it
-    (atomically, ``generation`` +1 on every change); ``kingmaker serve`` watches it and re-points an arm
-    whose version changed (start a Scorer on the new version, wait until ready, switch, drain the old).
-    Layout::
-
-        model_name: fraud-detector
-        generation: 3
-        updated: "2026-11-26T14:00:00.000000Z"
-        arms:
-          champion: {version: "2", model_uri: "models:/fraud-detector/2"}
-          challenger: {version: "3", model_uri: "models:/fraud-detector/3"}   # null: no challenger arm
+    **The contract with local serving** (`kingmaker.arms`): the model version each arm must serve.
+    The controller writes it; ``kingmaker serve`` watches it and re-points an arm whose version changed
+    (start a Scorer on the new version, wait until ready, switch the Router, drain the old one).
 """
 
 from __future__ import annotations
@@ -35,19 +27,19 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-import yaml
 
 from k8s.state import Arms, Spec, Status, rfc3339
+from kingmaker import arms as arms_file
 from kingmaker.errors import PermanentError, TemporaryError
 from kingmaker.logs import Mode
 
 log = logging.getLogger(__name__)
 
-ARMS_FILE = "arms.yaml"
 ROUTER_FILE = "router.yaml"
 
 
@@ -56,11 +48,6 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-def model_uri(model_name: str, version: str) -> str:
-    """Arms are pinned to a version, never an alias: a restart for any reason serves the same model."""
-    return f"models:/{model_name}/{version}"
 
 
 # --- status and approval ------------------------------------------------------------------------
@@ -178,7 +165,7 @@ class LocalServing:
 
     @property
     def arms_path(self) -> Path:
-        return self.folder / ARMS_FILE
+        return self.folder / arms_file.FILE_NAME
 
     @property
     def router_path(self) -> Path:
@@ -186,34 +173,15 @@ class LocalServing:
 
     def arms(self) -> tuple[Arms | None, int]:
         """The arms file's versions (None if there is none yet) and its generation."""
-        try:
-            doc = yaml.safe_load(self.arms_path.read_text()) or {}
-        except FileNotFoundError:
-            return None, 0
-        except (OSError, yaml.YAMLError) as exc:
-            raise PermanentError(f"cannot read {self.arms_path}: {exc}") from exc
-        arms = doc.get("arms") or {}
-
-        def version(arm: str) -> str | None:
-            entry = arms.get(arm)
-            return None if not entry else str(entry.get("version"))
-
-        champion = version("champion")
-        generation = int(doc.get("generation", 0))
-        return (Arms(champion, version("challenger")) if champion else None), generation
+        current = arms_file.read(self.arms_path)
+        return (Arms(current.champion, current.challenger) if current.champion else None), current.generation
 
     def point(self, arms: Arms) -> bool:
         current, generation = self.arms()
         if current == arms:
             return False
-
-        def entry(version: str | None) -> dict[str, str] | None:
-            return None if version is None else {"version": version, "model_uri": model_uri(self.model_name, version)}
-
-        doc = {"model_name": self.model_name, "generation": generation + 1, "updated": rfc3339(self.clock()),
-               "arms": {"champion": entry(arms.champion), "challenger": entry(arms.challenger)}}
-        header = "# Written by the promotion controller (kingmaker promote): the version each arm must serve.\n"
-        _write_atomic(self.arms_path, header + yaml.safe_dump(doc, sort_keys=False))
+        arms_file.write(self.arms_path, self.model_name, arms.champion, arms.challenger, generation=generation + 1,
+                        now=datetime.fromtimestamp(self.clock(), UTC))
         log.info("arms: champion -> v%s, challenger -> %s (%s)", arms.champion,
                  "none" if arms.challenger is None else f"v{arms.challenger}", self.arms_path)
         return True
