@@ -106,4 +106,66 @@ CONTROLLER = (
                "Matured frauds per arm in the last decision", ("arm", "model_version")),
 )
 
-CATALOG = Catalog(specs=TRAINING + DRIFT + CONTROLLER)
+# --- serving (bentos): Scorer (one process per arm) and Router ---------------------------------
+# `arm` is kingmaker.logs.Arm, `endpoint` a Scorer API name, `code` the HTTP status, `outcome`/`reason`
+# small closed sets documented per metric, so cardinality stays bounded.
+SERVING = (
+    MetricSpec("kingmaker_scorer_requests", Kind.COUNTER,
+               "Scorer requests by endpoint and HTTP status", ("arm", "model_version", "endpoint", "code")),
+    MetricSpec("kingmaker_scorer_request_duration_seconds", Kind.HISTOGRAM,
+               "Scorer time per request, validation to response", ("arm", "model_version", "endpoint"),
+               LATENCY_BUCKETS),
+    MetricSpec("kingmaker_predictions", Kind.COUNTER,
+               "Rows scored", ("arm", "model_version")),
+    MetricSpec("kingmaker_score", Kind.HISTOGRAM,
+               "Fraud scores produced", ("arm", "model_version"), SCORE_BUCKETS),
+    MetricSpec("kingmaker_decisions", Kind.COUNTER,
+               "Decisions at the registered threshold: decision=fraud|legit", ("arm", "model_version", "decision")),
+    MetricSpec("kingmaker_scorer_errors", Kind.COUNTER,
+               "Scorer requests refused or failed: reason=invalid_input|too_large|internal",
+               ("arm", "model_version", "endpoint", "reason")),
+    MetricSpec("kingmaker_scorer_model_info", Kind.GAUGE,
+               "1 for the model version this Scorer serves", ("arm", "model_name", "model_version")),
+    MetricSpec("kingmaker_router_requests", Kind.COUNTER,
+               "Routed requests by the arm that answered the client", ("arm", "model_version", "mode", "code")),
+    MetricSpec("kingmaker_router_request_duration_seconds", Kind.HISTOGRAM,
+               "End-to-end Router latency as the client sees it", ("arm", "model_version", "mode"),
+               LATENCY_BUCKETS),
+    MetricSpec("kingmaker_router_routed", Kind.COUNTER,
+               "Rows assigned to each arm by the routing function (before any fallback)", ("arm", "mode")),
+    MetricSpec("kingmaker_router_upstream_requests", Kind.COUNTER,
+               "Router calls to an arm: outcome=ok|timeout|connect_error|http_error|bad_response|circuit_open|"
+               "shadow_skipped", ("arm", "outcome")),
+    MetricSpec("kingmaker_router_upstream_duration_seconds", Kind.HISTOGRAM,
+               "Router-to-arm call latency", ("arm",), LATENCY_BUCKETS),
+    MetricSpec("kingmaker_router_fallbacks", Kind.COUNTER,
+               "Challenger-routed rows answered by the champion instead (split mode), by reason", ("reason",)),
+    MetricSpec("kingmaker_router_unavailable", Kind.COUNTER,
+               "503 answers because the champion could not answer, by reason", ("reason",)),
+    MetricSpec("kingmaker_router_challenger_weight", Kind.GAUGE,
+               "Challenger share currently configured (0..1)"),
+    MetricSpec("kingmaker_router_config_reloads", Kind.COUNTER,
+               "Router config file reloads: outcome=ok|invalid", ("outcome",)),
+    MetricSpec("kingmaker_prediction_log_rows", Kind.COUNTER,
+               "Prediction-log rows by outcome=written|failed|dropped (failed rows are retried)", ("outcome",)),
+    MetricSpec("kingmaker_prediction_log_flush_duration_seconds", Kind.HISTOGRAM,
+               "Time to write one prediction-log file", (), LATENCY_BUCKETS),
+    MetricSpec("kingmaker_feedback_labels", Kind.COUNTER,
+               "Labels received on /feedback: outcome=written|duplicate|updated", ("outcome",)),
+    MetricSpec("kingmaker_feedback_unknown_ids", Kind.COUNTER,
+               "Labels whose request id is not in the prediction log (accepted and reported)"),
+    MetricSpec("kingmaker_auth_failures", Kind.COUNTER,
+               "Requests refused by bearer-token auth: reason=missing|invalid|not_configured", ("path", "reason")),
+)
+
+CATALOG = Catalog(specs=TRAINING + DRIFT + CONTROLLER + SERVING)
+
+
+def create(spec: MetricSpec, registry: CollectorRegistry) -> Counter | Gauge | Histogram:
+    """Instantiate one catalog metric in ``registry``."""
+    if spec.kind is Kind.COUNTER:
+        return Counter(spec.name, spec.help, spec.labels, registry=registry)
+    if spec.kind is Kind.GAUGE:
+        return Gauge(spec.name, spec.help, spec.labels, registry=registry)
+    return Histogram(spec.name, spec.help, spec.labels, registry=registry,
+                     buckets=spec.buckets or Histogram.DEFAULT_BUCKETS)

@@ -21,13 +21,15 @@ from kingmaker.errors import KingmakerError
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("kingmaker.demo", "the whole product on this machine: train and register champion and challenger"),
     "train": ("training.cli", "train candidates on a data set and register the chosen one in MLflow"),
-    "promote": ("k8s.cli", "the promotion controller: decide, promote or roll back the challenger (local or --kubernetes)"),
+    "serve": ("bentos.cli", "serve champion and challenger behind the Router as local bentoml processes"),
     "drift": ("drift_service.cli", "measure drift of the latest prediction-log window from the champion's reference"),
+    "promote": ("k8s.cli", "the promotion controller: decide, promote or roll back the challenger (local or --kubernetes)"),
 }
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "quality": ("training.bench", "model quality on the real data: 5-fold CV and a time-ordered split"),
-    "drift": ("drift_service.bench", "drift analysis speed: 1M rows x 30 features vs a 100k reference, and time vs rows"),
+    "serving": ("bentos.bench", "wrk load test: Router vs Scorer vs mlflow models serve, and 10k-row batch scoring"),
     "promotion": ("k8s.bench", "promotion decision: A/A false promotions, power and samples to decision"),
+    "drift": ("drift_service.bench", "drift analysis speed: 1M rows x 30 features vs a 100k reference, and time vs rows"),
 }
 
 EPILOG = """\
@@ -36,6 +38,16 @@ environment:
   MLFLOW_TRACKING_URI   use this MLflow tracking server instead of the local SQLite store
 
 Run `kingmaker <command> --help` for the options of one command."""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default unless its help already says it, or there is nothing to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
 
 
 def _load(module: str) -> object:
@@ -56,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     for name, (module, summary) in COMMANDS.items():
         cmd = sub.add_parser(name, help=summary, description=summary,
-                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                             formatter_class=_HelpFormatter)
         cmd.set_defaults(_module=module)
         _load(module).add_arguments(cmd)  # type: ignore[attr-defined]
     bench = sub.add_parser("bench", help="run a benchmark and print/save its numbers",
@@ -65,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_sub = bench.add_subparsers(dest="benchmark", metavar="<benchmark>", required=True)
     for name, (module, summary) in BENCHMARKS.items():
         cmd = bench_sub.add_parser(name, help=summary, description=summary,
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                   formatter_class=_HelpFormatter)
         cmd.set_defaults(_module=module)
         _load(module).add_arguments(cmd)  # type: ignore[attr-defined]
     return parser

@@ -1,0 +1,276 @@
+"""`kingmaker serve`: both arms and the Router as real ``bentoml serve`` processes, until Ctrl-C.
+
+It also follows ``$KINGMAKER_HOME/serving/arms.yaml`` (`kingmaker.arms`, written by the promotion
+controller): when an arm's version changes, a Scorer on the new version is started, the Router is
+switched to it through the hot-reloaded ``router.yaml`` (``champion_url``/``challenger_url``), and the old
+Scorer is stopped gracefully — no request is dropped on the way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from kingmaker.errors import PermanentError, TemporaryError
+
+if TYPE_CHECKING:
+    from bentos.procs import ServiceProcess
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    m = p.add_argument_group("models (default: the versions in serving/arms.yaml if the controller wrote it, "
+                             "else the registry aliases)")
+    m.add_argument("--champion", default=None, help="champion model (default models:/<model-name>@champion)")
+    m.add_argument("--challenger", default=None,
+                   help="challenger model (default models:/<model-name>@challenger; skipped if not registered)")
+    m.add_argument("--no-challenger", action="store_true", help="serve the champion only")
+    m.add_argument("--model-name", help="registered model name (default fraud-detector)")
+    n = p.add_argument_group("network (127.0.0.1 unless --host)")
+    n.add_argument("--host", default="127.0.0.1", help="interface to bind")
+    n.add_argument("--port", type=int, default=3000, help="Router port (0 = any free port)")
+    n.add_argument("--champion-port", type=int, default=None, help="champion Scorer port (default port+1)")
+    n.add_argument("--challenger-port", type=int, default=None, help="challenger Scorer port (default port+2)")
+    r = p.add_argument_group("routing (written to the config file, which is hot-reloaded: edit it any time)")
+    r.add_argument("--config", type=Path, help="router config file (default $KINGMAKER_HOME/serving/router.yaml)")
+    r.add_argument("--mode", choices=["split", "shadow"], help="split: challenger answers its share; "
+                   "shadow: champion answers, challenger scores off the response path")
+    r.add_argument("--weight", type=float, help="challenger share in split mode, 0..1")
+    r.add_argument("--routing-field", help="request ids entry used as the routing key (e.g. customer_id)")
+    r.add_argument("--salt", help="routing salt (a new salt draws a new split)")
+    p.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for each service")
+
+
+def _update_config(path: Path, **changes: object) -> None:
+    from bentos import config
+
+    current = config.load(path) if path.exists() else config.RouterConfig()
+    merged = config.parse({**current.as_dict(), **changes}, source="kingmaker serve")
+    if merged != current or not path.exists():
+        config.dump(merged, path)
+
+
+def _feedback_token(home: Path) -> tuple[dict[str, str], str]:
+    """Env for the Router's /feedback tokens: the caller's, else a generated token file (mode 0600)."""
+    if os.environ.get("KINGMAKER_FEEDBACK_TOKEN") or os.environ.get("KINGMAKER_FEEDBACK_TOKEN_FILE"):
+        return {}, "from KINGMAKER_FEEDBACK_TOKEN(_FILE)"
+    path = home / "serving" / "feedback-token"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(32) + "\n")
+    return {"KINGMAKER_FEEDBACK_TOKEN_FILE": str(path)}, f"in {path}"
+
+
+def _router_arm_url(router_url: str, arm: str) -> str | None:
+    req = urllib.request.Request(f"{router_url}/routing", data=b"{}", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        arms = json.load(resp)["arms"]
+    entry = arms.get(arm)
+    return None if entry is None else str(entry["url"])
+
+
+class Supervisor:
+    """The local processes: one Scorer per arm and the Router; re-points arms on request."""
+
+    def __init__(self, host: str, model_name: str, config_path: Path, log_dir: Path, ready_timeout: float):
+        self.host = host
+        self.model_name = model_name
+        self.config_path = config_path
+        self.log_dir = log_dir
+        self.ready_timeout = ready_timeout
+        self.arms: dict[str, ServiceProcess] = {}
+        self.versions: dict[str, str] = {}
+        self.router: ServiceProcess | None = None
+
+    def start_arm(self, arm: str, model_uri: str, port: int) -> ServiceProcess:
+        from bentos import procs
+
+        svc = procs.scorer(arm, model_uri, port, log_dir=self.log_dir)
+        svc.host = self.host
+        if svc.log_path:
+            svc.log_path = svc.log_path.with_name(f"{arm}-{port}.log")
+        return svc.start()
+
+    def services(self) -> list[ServiceProcess]:
+        return [*self.arms.values(), *([self.router] if self.router else [])]
+
+    def repoint(self, arm: str, version: str | None) -> None:
+        """Serve ``version`` on ``arm`` (None: no such arm) without dropping a request."""
+        from bentos import procs
+        from kingmaker import arms as arms_file
+
+        assert self.router is not None
+        old = self.arms.get(arm)
+        if version is None:
+            if old is None:
+                return
+            _update_config(self.config_path, challenger_url="")
+            self._wait_router(arm, None)
+            del self.arms[arm]
+            was = self.versions.pop(arm, "?")
+            old.stop()
+            print(f"{arm} arm removed (it served v{was})", flush=True)
+            return
+        new = self.start_arm(arm, arms_file.model_uri(self.model_name, version), procs.free_port(self.host))
+        try:
+            new.wait_ready(self.ready_timeout)
+        except (PermanentError, TemporaryError) as exc:
+            new.kill()
+            print(f"cannot re-point the {arm} arm to v{version}: {exc}", file=sys.stderr, flush=True)
+            return
+        _update_config(self.config_path, **{f"{arm}_url": new.url})
+        try:
+            self._wait_router(arm, new.url)
+        except TemporaryError as exc:
+            _update_config(self.config_path, **{f"{arm}_url": old.url if old else ""})
+            new.stop()
+            print(f"cannot re-point the {arm} arm to v{version}: {exc}", file=sys.stderr, flush=True)
+            return
+        self.arms[arm] = new
+        self.versions[arm] = version
+        if old is not None:
+            old.stop()  # SIGTERM: its in-flight requests finish first
+        print(f"{arm} arm now serves v{version} at {new.url}", flush=True)
+
+    def _wait_router(self, arm: str, url: str | None, timeout: float = 15.0) -> None:
+        assert self.router is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if _router_arm_url(self.router.url, arm) == url:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise TemporaryError(f"the Router did not switch its {arm} arm to {url} within {timeout:.0f}s")
+
+    def follow(self, arms_path: Path, seen: int) -> int:
+        """Apply a new generation of the arms file; returns the generation now applied."""
+        from kingmaker import arms as arms_file
+
+        current = arms_file.read(arms_path)
+        if current.generation == seen or current.champion is None:
+            return seen
+        print(f"{arms_path} generation {current.generation}: champion v{current.champion}, challenger "
+              f"{'none' if current.challenger is None else 'v' + current.challenger}", flush=True)
+        for arm, version in (("champion", current.champion), ("challenger", current.challenger)):
+            if self.versions.get(arm) != version:
+                self.repoint(arm, version)  # on failure it says so and keeps the arm as it was
+        return current.generation
+
+    def stop(self) -> None:
+        if self.router is not None:
+            self.router.stop()  # first: it flushes the prediction log
+        for svc in reversed(list(self.arms.values())):
+            svc.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    from bentos import procs
+    from kingmaker import arms as arms_file
+    from kingmaker.settings import MlflowSettings, default_home
+    from training import model_io
+
+    home = default_home()
+    mlflow = MlflowSettings.from_env(model_name=args.model_name)
+    client = mlflow.client()
+    serving_dir = home / "serving"
+    arms_path = serving_dir / arms_file.FILE_NAME
+    pinned = arms_file.read(arms_path)
+    champion_uri = args.champion or (arms_file.model_uri(mlflow.model_name, pinned.champion) if pinned.champion
+                                     else f"models:/{mlflow.model_name}@champion")
+    champion_ref = model_io.resolve(client, *model_io.parse_model_uri(champion_uri))
+    challenger_uri: str | None = None
+    challenger_version: str | None = None
+    if not args.no_challenger:
+        if args.challenger:
+            challenger_uri = args.challenger
+        elif pinned.champion:
+            challenger_uri = arms_file.model_uri(mlflow.model_name, pinned.challenger) if pinned.challenger else None
+        else:
+            challenger_uri = f"models:/{mlflow.model_name}@challenger"
+        if challenger_uri:
+            try:
+                challenger_version = model_io.resolve(client, *model_io.parse_model_uri(challenger_uri)).version
+            except PermanentError:
+                if args.challenger:
+                    raise
+                print(f"no {challenger_uri} registered: serving the champion only")
+                challenger_uri = None
+    config_path = args.config or serving_dir / "router.yaml"
+    changes = {k: v for k, v in (("mode", args.mode), ("challenger_weight", args.weight),
+                                 ("routing_field", args.routing_field), ("salt", args.salt)) if v is not None}
+    _update_config(config_path, **changes)
+    token_env, token_where = _feedback_token(home)
+    log_dir = serving_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+
+    def port(value: int | None, offset: int) -> int:
+        if value is not None and value != 0:
+            return value
+        return procs.free_port(args.host) if value == 0 or args.port == 0 else args.port + offset
+
+    sup = Supervisor(args.host, mlflow.model_name, config_path, log_dir, args.ready_timeout)
+    stopping = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        router_port = procs.free_port(args.host) if args.port == 0 else args.port
+        sup.arms["champion"] = sup.start_arm("champion", champion_uri, port(args.champion_port, 1))
+        sup.versions["champion"] = champion_ref.version
+        if challenger_uri and challenger_version:
+            sup.arms["challenger"] = sup.start_arm("challenger", challenger_uri, port(args.challenger_port, 2))
+            sup.versions["challenger"] = challenger_version
+        # The URLs of this session go into the config file (a previous session's would be stale).
+        _update_config(config_path, champion_url=sup.arms["champion"].url,
+                       challenger_url=sup.arms["challenger"].url if "challenger" in sup.arms else "")
+        sup.router = procs.router(router_port, sup.arms["champion"].url,
+                                  sup.arms["challenger"].url if "challenger" in sup.arms else "",
+                                  config=config_path, env=token_env, log_dir=log_dir)
+        sup.router.host = args.host
+        sup.router.start()
+        for s in sup.services():
+            s.wait_ready(args.ready_timeout)
+        print(f"\nkingmaker serving (logs in {log_dir}):")
+        print(f"  router      {sup.router.url}   POST /predict /predict_batch /feedback /routing")
+        for arm, svc in sup.arms.items():
+            print(f"  {arm:<11} {svc.url}   {mlflow.model_name} v{sup.versions[arm]}")
+        print(f"  config      {config_path}  (hot-reloaded)")
+        print(f"  arms        {arms_path}  (followed: the promotion controller re-points arms here)")
+        print(f"  feedback    bearer token {token_where}")
+        print(f"\ntry: curl -s -XPOST {sup.router.url}/predict -H 'content-type: application/json' "
+              f"-d '{{\"features\": {{...}}, \"ids\": {{\"customer_id\": \"c1\"}}}}'")
+        print("Ctrl-C stops everything.", flush=True)
+        seen = pinned.generation
+        while not stopping:
+            dead = [s for s in sup.services() if not s.running()]
+            if dead:
+                print(f"{dead[0].name} exited unexpectedly; last log lines:\n{dead[0].log_tail()}", file=sys.stderr)
+                return 1
+            try:
+                seen = sup.follow(arms_path, seen)
+            except (PermanentError, TemporaryError) as exc:
+                print(f"arms file: {exc}", file=sys.stderr, flush=True)
+            time.sleep(0.5)
+        return 0
+    finally:
+        print("stopping: router first (flushes the prediction log), then the arms ...", flush=True)
+        sup.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        print("stopped.")
+

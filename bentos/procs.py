@@ -1,0 +1,148 @@
+"""Local ``bentoml serve`` processes: start, wait for readiness, stop gracefully.
+
+Used by ``kingmaker serve``, the serving benchmark and the integration tests, so all three run the
+services exactly the same way. Each service runs in its own session (process group), so a Ctrl-C in
+the terminal reaches only the parent, which then stops the children in order: the Router first (it
+flushes its prediction log), then the arms.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kingmaker.errors import PermanentError, TemporaryError
+
+ROOT = Path(__file__).resolve().parents[1]
+SCORER = "bentos.scorer:Scorer"
+ROUTER = "bentos.router:Router"
+
+#: Environment every Scorer process gets. OpenMP's default busy-wait makes XGBoost's idle threads
+#: spin after each prediction; next to an event loop on a small machine that cut Scorer throughput
+#: from ~1,000 to ~40 req/s in our measurements. PASSIVE makes idle threads sleep instead.
+SCORER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ServiceProcess:
+    """One ``bentoml serve <target>`` process on ``host:port`` with extra environment ``env``."""
+
+    name: str
+    target: str
+    port: int
+    env: Mapping[str, str] = field(default_factory=dict)
+    host: str = "127.0.0.1"
+    log_path: Path | None = None
+    working_dir: Path = ROOT
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> ServiceProcess:
+        cmd = [sys.executable, "-m", "bentoml", "serve", self.target, "--host", self.host, "--port", str(self.port),
+               "--working-dir", str(self.working_dir)]
+        env = {**os.environ, **self.env}
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115 (lives with the process)
+        try:
+            self.proc = subprocess.Popen(cmd, env=env, cwd=self.working_dir, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        finally:
+            if self.log_path:
+                out.close()  # type: ignore[union-attr]
+        return self
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        if not self.log_path or not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/readyz", timeout=2.0) as resp:
+                return bool(resp.status == 200)
+        except OSError:  # refused, reset, timeout, or an HTTP error status (HTTPError is an OSError)
+            return False
+
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.running():
+                raise PermanentError(f"{self.name} exited with code {self.proc.returncode if self.proc else '?'} "
+                                     f"while starting; last log lines:\n{self.log_tail()}")
+            if self.is_ready():
+                return
+            time.sleep(0.25)
+        raise TemporaryError(f"{self.name} at {self.url} was not ready after {timeout:.0f}s; log: {self.log_path}")
+
+    def signal(self, sig: int) -> None:
+        if self.running():
+            os.kill(self.pid, sig)
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        """SIGTERM to ``bentoml serve``: it stops its workers gracefully. SIGKILL the group on timeout."""
+        if self.proc is None:
+            return None
+        if self.running():
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL the server and all its workers at once: a crash, not a stop. (circus starts each
+        worker in its own session, so killing the process group would leave the workers serving.)"""
+        if self.proc is None:
+            return
+        import psutil
+
+        try:
+            parent = psutil.Process(self.pid)
+            family = [parent, *parent.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            family = []
+        for p in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        psutil.wait_procs(family, timeout=10)
+        self.proc.wait()
+
+
+def scorer(arm: str, model_uri: str, port: int, *, env: Mapping[str, str] | None = None,
+           log_dir: Path | None = None) -> ServiceProcess:
+    return ServiceProcess(f"{arm} scorer", SCORER, port,
+                          {**SCORER_ENV, "KINGMAKER_ARM": arm, "KINGMAKER_MODEL_URI": model_uri, **(env or {})},
+                          log_path=log_dir / f"{arm}.log" if log_dir else None)
+
+
+def router(port: int, champion_url: str, challenger_url: str, *, config: Path | None,
+           env: Mapping[str, str] | None = None, log_dir: Path | None = None) -> ServiceProcess:
+    values = {"KINGMAKER_CHAMPION_URL": champion_url, "KINGMAKER_CHALLENGER_URL": challenger_url,
+              "KINGMAKER_ROUTER_CONFIG": str(config) if config else "", **(env or {})}
+    return ServiceProcess("router", ROUTER, port, values, log_path=log_dir / "router.log" if log_dir else None)
