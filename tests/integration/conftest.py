@@ -7,3 +7,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "integration" in str(item.fspath):
             item.add_marker(pytest.mark.filterwarnings("default"))
+
+
+from .serving_support import serving_home  # noqa: E402,F401  (a session fixture for every integration test)

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from kingmaker import logs
-from .serving_support import serving_home, transactions  # noqa: F401
+from .serving_support import transactions
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

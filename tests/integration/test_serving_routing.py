@@ -11,7 +11,7 @@ import pytest
 
 from bentos.routing import choose_arm
 from kingmaker import logs
-from .serving_support import fire, serving_home, serving_stack, transactions  # noqa: F401
+from .serving_support import fire, serving_stack, transactions
 
 pytestmark = pytest.mark.integration
 
