@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -139,3 +142,27 @@ def serving_home(trained_home: Path) -> Path:
     assert (trained_home / "mlflow.db").exists()
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     return trained_home
+
+
+def start_serve(home: Path, tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], dict[str, str], str]:
+    """`kingmaker serve --port 0` as a real process; returns it, the URLs it printed, and its start-up text."""
+    env = {**os.environ, "KINGMAKER_HOME": str(home), "BENTOML_HOME": str(tmp_path / "bentoml"),
+           "KINGMAKER_PREDICTIONS_URL": str(tmp_path / "predictions"), "KINGMAKER_LABELS_URL": str(tmp_path / "labels"),
+           "KINGMAKER_FEEDBACK_TOKEN": "", "KINGMAKER_FEEDBACK_TOKEN_FILE": ""}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    exe = Path(sys.executable).with_name("kingmaker")
+    proc = subprocess.Popen([str(exe), "serve", "--port", "0", *args], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "Ctrl-C stops everything" in line:
+            break
+    text = "".join(lines)
+    urls = dict(re.findall(r"^\s+(router|champion|challenger)\s+(http://127\.0\.0\.1:\d+)", text, re.M))
+    return proc, urls, text

@@ -6,8 +6,9 @@ Prometheus (Debian `prometheus`, installed by .ci/test) scraping router metrics 
 - a worse one is rolled back; one breaching the error-rate guardrail is rolled back on that ground;
 - the controller SIGKILLed between the alias move and the re-pointing (failpoint), then rerun, ends consistent.
 
-Traffic is synthetic (transactions from `training.data.synthetic`, scores that rank frauds better or worse);
-real serving processes during the swap need `kingmaker serve` (not built yet), so this test does not start them.
+The evidence is synthetic shadow traffic (transactions from `training.data.synthetic`, scores that rank frauds
+better or worse), so a test controls who should win; `test_a_promotion_under_live_traffic_fails_no_request`
+also runs the real `kingmaker serve` and keeps clients calling it while the controller swaps the arms.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from kingmaker import logs
 from kingmaker.catalog import CATALOG, create
 from kingmaker.settings import MlflowSettings
 from tests.conftest import kingmaker
+from tests.integration.serving_support import start_serve, transactions
 from training.data import synthetic
 
 pytestmark = pytest.mark.integration
@@ -245,6 +247,58 @@ def test_a_better_challenger_is_promoted(home: Path, prometheus: str) -> None:
     assert [h["action"] for h in st["history"]] == ["Promoted"]
     assert served(home) == {"champion": {"version": "2", "model_uri": f"models:/{MODEL}/2"}, "challenger": None}
     assert (router(home)["mode"], router(home)["challenger_weight"]) == ("split", 0.0)
+
+
+def test_a_promotion_under_live_traffic_fails_no_request(home: Path, prometheus: str, tmp_path: Path) -> None:
+    """The real `kingmaker serve` follows the controller's swap: clients keep calling the router while the
+    champion moves from v1 to v2, and not one request fails."""
+    write_traffic(home, better=True)
+    drift(home)
+    proc, urls, text = start_serve(home, tmp_path, "--weight", "0.5")
+    answers: list[tuple[str, str]] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def clients() -> None:
+        bodies = transactions(400, seed=5)
+        with httpx.Client(timeout=30) as http:
+            i = 0
+            while not stop.is_set():
+                r = http.post(f"{urls['router']}/predict", json={**bodies[i % len(bodies)], "request_id": None})
+                i += 1
+                if r.status_code == 200:
+                    answers.append((r.json()["arm"], r.json()["model_version"]))
+                else:
+                    failures.append(f"{r.status_code} {r.text[:200]}")
+
+    worker = threading.Thread(target=clients)
+    try:
+        assert "Ctrl-C stops everything" in text, text
+        worker.start()
+        deadline = time.monotonic() + 60
+        while len({a for a in answers}) < 2:  # both arms answering before the swap
+            assert time.monotonic() < deadline, answers[-5:]
+            time.sleep(0.2)
+        out = promote(home, prometheus, "--once").stdout
+        assert "PROMOTE (ChallengerBetter)" in out
+        before = len(answers)
+        deadline = time.monotonic() + 180
+        while not answers or answers[-1] != ("champion", "2"):  # serve re-points the champion arm to v2
+            assert time.monotonic() < deadline and proc.poll() is None, answers[-5:]
+            time.sleep(0.2)
+        time.sleep(2)
+    finally:
+        stop.set()
+        if worker.is_alive():
+            worker.join(timeout=60)
+        proc.send_signal(signal.SIGINT)
+        served_out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, served_out[-3000:]
+    assert not failures, failures[:3]
+    assert {("champion", "1"), ("challenger", "2")} <= set(answers[:before])
+    settled = answers[-20:]
+    assert set(settled) == {("champion", "2")}, settled  # weight 0 after promotion: only the new champion
+    assert aliases(home) == {"champion": "2", "previous-champion": "1"}
 
 
 def test_a_worse_challenger_is_rolled_back(home: Path, prometheus: str) -> None:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -18,7 +17,7 @@ import pytest
 import yaml
 
 from kingmaker import logs
-from .serving_support import transactions
+from .serving_support import start_serve, transactions
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +34,7 @@ def _private_home(serving_home: Path, tmp_path: Path) -> Path:
 def test_kingmaker_serve_starts_serves_and_stops_cleanly(serving_home: Path, tmp_path: Path) -> None:  # noqa: F811
     home = _private_home(serving_home, tmp_path)
     config = tmp_path / "router.yaml"
-    proc, urls, text = _start_serve(home, tmp_path, "--weight", "0.25", "--config", str(config))
+    proc, urls, text = start_serve(home, tmp_path, "--weight", "0.25", "--config", str(config))
     try:
         assert "Ctrl-C stops everything" in text, text
         assert set(urls) == {"router", "champion", "challenger"}, text
@@ -61,36 +60,13 @@ def test_kingmaker_serve_starts_serves_and_stops_cleanly(serving_home: Path, tmp
     assert body["request_id"] in set(logs.read_predictions(str(tmp_path / "predictions"))["request_id"])
 
 
-def _start_serve(home: Path, tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], dict[str, str], str]:
-    env = {**os.environ, "KINGMAKER_HOME": str(home), "BENTOML_HOME": str(tmp_path / "bentoml"),
-           "KINGMAKER_PREDICTIONS_URL": str(tmp_path / "predictions"), "KINGMAKER_LABELS_URL": str(tmp_path / "labels"),
-           "KINGMAKER_FEEDBACK_TOKEN": "", "KINGMAKER_FEEDBACK_TOKEN_FILE": ""}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    exe = Path(sys.executable).with_name("kingmaker")
-    proc = subprocess.Popen([str(exe), "serve", "--port", "0", *args], env=env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if "Ctrl-C stops everything" in line:
-            break
-    text = "".join(lines)
-    urls = dict(re.findall(r"^\s+(router|champion|challenger)\s+(http://127\.0\.0\.1:\d+)", text, re.M))
-    return proc, urls, text
-
-
 def test_kingmaker_serve_follows_the_arms_file(serving_home: Path, tmp_path: Path) -> None:  # noqa: F811
     """The controller re-points an arm by writing serving/arms.yaml: a Scorer on the new version takes
     over with no failed request, and the old Scorer stops."""
     from kingmaker import arms
 
     home = _private_home(serving_home, tmp_path)  # this test writes serving/arms.yaml
-    proc, urls, text = _start_serve(home, tmp_path, "--weight", "1.0")
+    proc, urls, text = start_serve(home, tmp_path, "--weight", "1.0")
     failures: list[str] = []
     versions: list[tuple[str, str]] = []
     stop = threading.Event()
