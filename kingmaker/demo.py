@@ -6,7 +6,8 @@ Today's steps (later parts add serving, traffic replay with delayed labels, drif
    model a fraud team often runs today — and register it as ``@champion`` (when there is none).
 2. Train the candidates (XGBoost, logistic regression, extra trees), choose one on
    cross-validation, and register it as ``@challenger``.
-3. Print where everything is: the MLflow store, the registry aliases, how to open the UI.
+3. Print where everything is — the MLflow store, the registry aliases, how to open the UI — and
+   the commands that run the rest of the loop by hand.
 """
 
 from __future__ import annotations
@@ -54,4 +55,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nMLflow store: {settings.tracking_uri}")
     if settings.is_local_sqlite:
         print(f"browse it:    .venv/bin/mlflow ui --backend-store-uri {settings.tracking_uri} --host 127.0.0.1")
+    print("\nthe rest of the loop, by hand (see the README):")
+    print("  .venv/bin/kingmaker serve --mode shadow     # both arms and the router on 127.0.0.1:3000-3002")
+    print("  .venv/bin/kingmaker drift --window 1h       # once traffic has been logged")
+    print("  .venv/bin/kingmaker promote --dry-run       # what the controller would decide now, and why")
     return 0
