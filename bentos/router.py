@@ -73,6 +73,10 @@ class ArmRejected(Exception):
         super().__init__(f"{arm} arm rejected the request with {status}")
 
 
+UPSTREAM_OUTCOMES = ("ok", "timeout", "connect_error", "http_error", "bad_response", "circuit_open", "rejected",
+                     "shadow_skipped")
+
+
 class ArmClient:
     """Pooled keep-alive connections to one arm's Scorer, per-call timeouts and a circuit breaker.
 
@@ -90,11 +94,9 @@ class ArmClient:
         self._session: aiohttp.ClientSession | None = None
         self.breaker = CircuitBreaker(failure_threshold=5, reset_after_s=2.0)
         self.info: ModelInfo | None = None
-        upstream = metrics.counter("kingmaker_router_upstream_requests")
-        self._outcome = {o: upstream.labels(arm=arm.value, outcome=o) for o in
-                         ("ok", "timeout", "connect_error", "http_error", "bad_response", "circuit_open",
-                          "rejected", "shadow_skipped")}
-        self._duration = metrics.histogram("kingmaker_router_upstream_duration_seconds").labels(arm=arm.value)
+        self._upstream = metrics.counter("kingmaker_router_upstream_requests")
+        self._upstream_duration = metrics.histogram("kingmaker_router_upstream_duration_seconds")
+        self._labelled: tuple[str, dict[str, Any], Any] | None = None  # (version, outcome children, duration)
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     @property
@@ -103,8 +105,18 @@ class ArmClient:
             self._session = aiohttp.ClientSession(connector=self._connector(), json_serialize=json.dumps)
         return self._session
 
+    def _children(self) -> tuple[dict[str, Any], Any]:
+        """Metric children labelled with the version this arm serves now ("unknown" before discovery), so
+        the controller's guardrails read the challenger version under test, not its predecessor."""
+        version = self.info.model_version if self.info is not None else "unknown"
+        if self._labelled is None or self._labelled[0] != version:
+            labels = {"arm": self.arm.value, "model_version": version}
+            outcomes = {o: self._upstream.labels(**labels, outcome=o) for o in UPSTREAM_OUTCOMES}
+            self._labelled = (version, outcomes, self._upstream_duration.labels(**labels))
+        return self._labelled[1], self._labelled[2]
+
     def count(self, outcome: str) -> None:
-        self._outcome[outcome].inc()
+        self._children()[0][outcome].inc()
 
     def _timeout(self, ms: float) -> aiohttp.ClientTimeout:
         t = self._timeouts.get(ms)
@@ -144,7 +156,7 @@ class ArmClient:
                     continue
                 raise self._failure(guarded, "connect_error", f"{type(exc).__name__}: {exc}") from None
         if guarded:
-            self._duration.observe(time.perf_counter() - started)
+            self._children()[1].observe(time.perf_counter() - started)
         if status >= 500 or status in (404, 405):
             raise self._failure(guarded, "http_error", f"HTTP {status}: {raw[:200]!r}")
         try:

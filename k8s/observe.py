@@ -251,25 +251,28 @@ class GuardrailQueries:
 
     Error rate: the challenger's failed calls (timeout, connect error, 5xx, unreadable answer) over the
     calls made (4xx rejections are the request's fault and count as made, skipped shadow calls and an
-    open circuit are not calls). p99 latency: of the Router's calls to the challenger. ``selector`` adds
-    label matchers (e.g. ``namespace="fraud"``) when one Prometheus watches several installations.
+    open circuit are not calls). p99 latency: of the Router's calls to the challenger. Both are scoped to
+    the challenger **version** under test (``model_version`` label), so a predecessor's calls inside the
+    window never count against it. ``selector`` adds label matchers (e.g. ``namespace="fraud"``) when one
+    Prometheus watches several installations.
     """
 
     window: str = "10m"
     selector: str = ""
 
-    @property
-    def error_rate(self) -> str:
+    def _terms(self, version: str | None) -> tuple[str, ...]:
+        arm = f'arm="{Arm.CHALLENGER.value}"'
+        return (arm,) if version is None else (arm, f'model_version="{version}"')
+
+    def error_rate(self, version: str | None = None) -> str:
         calls = CATALOG["kingmaker_router_upstream_requests"].exposed_name
-        failed = _selector(self.selector, f'arm="{Arm.CHALLENGER.value}"',
-                           'outcome=~"timeout|connect_error|http_error|bad_response"')
-        made = _selector(self.selector, f'arm="{Arm.CHALLENGER.value}"', 'outcome!~"shadow_skipped|circuit_open"')
+        failed = _selector(self.selector, *self._terms(version), 'outcome=~"timeout|connect_error|http_error|bad_response"')
+        made = _selector(self.selector, *self._terms(version), 'outcome!~"shadow_skipped|circuit_open"')
         return f"sum(rate({calls}{failed}[{self.window}])) / sum(rate({calls}{made}[{self.window}]))"
 
-    @property
-    def p99_latency(self) -> str:
+    def p99_latency(self, version: str | None = None) -> str:
         hist = CATALOG["kingmaker_router_upstream_duration_seconds"].name
-        sel = _selector(self.selector, f'arm="{Arm.CHALLENGER.value}"')
+        sel = _selector(self.selector, *self._terms(version))
         return f"histogram_quantile(0.99, sum by (le) (rate({hist}_bucket{sel}[{self.window}])))"
 
 
@@ -288,8 +291,9 @@ class PrometheusGuardrails:
             return None
 
     def readings(self, pair: Pair) -> GuardrailReadings:
-        return GuardrailReadings(error_rate=self._read("error rate", self.queries.error_rate),
-                                 p99_latency_seconds=self._read("p99 latency", self.queries.p99_latency))
+        version = pair.challenger
+        return GuardrailReadings(error_rate=self._read("error rate", self.queries.error_rate(version)),
+                                 p99_latency_seconds=self._read("p99 latency", self.queries.p99_latency(version)))
 
 
 class NoGuardrails:

@@ -135,9 +135,9 @@ SERVING = (
                "Rows assigned to each arm by the routing function (before any fallback)", ("arm", "mode")),
     MetricSpec("kingmaker_router_upstream_requests", Kind.COUNTER,
                "Router calls to an arm: outcome=ok|timeout|connect_error|http_error|bad_response|circuit_open|"
-               "shadow_skipped", ("arm", "outcome")),
+               "shadow_skipped", ("arm", "model_version", "outcome")),
     MetricSpec("kingmaker_router_upstream_duration_seconds", Kind.HISTOGRAM,
-               "Router-to-arm call latency", ("arm",), LATENCY_BUCKETS),
+               "Router-to-arm call latency", ("arm", "model_version"), LATENCY_BUCKETS),
     MetricSpec("kingmaker_router_fallbacks", Kind.COUNTER,
                "Challenger-routed rows answered by the champion instead (split mode), by reason", ("reason",)),
     MetricSpec("kingmaker_router_unavailable", Kind.COUNTER,

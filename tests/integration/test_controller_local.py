@@ -69,14 +69,17 @@ class FakeRouter:
 
     def tick(self) -> None:
         failed = int(round(200 * self.error_share))
-        self.calls.labels(arm="challenger", outcome="ok").inc(200 - failed)  # type: ignore[union-attr]
-        self.calls.labels(arm="challenger", outcome="http_error").inc(failed)  # type: ignore[union-attr]
-        self.calls.labels(arm="challenger", outcome="rejected").inc(3)  # type: ignore[union-attr]  # client's fault
-        self.calls.labels(arm="challenger", outcome="shadow_skipped").inc(50)  # type: ignore[union-attr]  # not calls
-        self.calls.labels(arm="champion", outcome="timeout").inc(100)  # type: ignore[union-attr]  # other arm
+        challenger = {"arm": "challenger", "model_version": "2"}
+        self.calls.labels(**challenger, outcome="ok").inc(200 - failed)  # type: ignore[union-attr]
+        self.calls.labels(**challenger, outcome="http_error").inc(failed)  # type: ignore[union-attr]
+        self.calls.labels(**challenger, outcome="rejected").inc(3)  # type: ignore[union-attr]  # client's fault
+        self.calls.labels(**challenger, outcome="shadow_skipped").inc(50)  # type: ignore[union-attr]  # not calls
+        self.calls.labels(arm="challenger", model_version="1", outcome="timeout").inc(100)  # type: ignore[union-attr]  # old version
+        self.calls.labels(arm="champion", model_version="1", outcome="timeout").inc(100)  # type: ignore[union-attr]  # other arm
         for _ in range(20):
-            self.duration.labels(arm="challenger").observe(self.latency)  # type: ignore[union-attr]
-        self.duration.labels(arm="champion").observe(2.0)  # type: ignore[union-attr]
+            self.duration.labels(**challenger).observe(self.latency)  # type: ignore[union-attr]
+        self.duration.labels(arm="challenger", model_version="1").observe(2.0)  # type: ignore[union-attr]
+        self.duration.labels(arm="champion", model_version="1").observe(2.0)  # type: ignore[union-attr]
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +112,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         deadline = time.monotonic() + 60
         while True:  # ready once both jobs have enough samples for a rate over the window
             try:
-                if all(api.query(GuardrailQueries(WINDOW, f'job="{j}"').error_rate) is not None
+                if all(api.query(GuardrailQueries(WINDOW, f'job="{j}"').error_rate("2")) is not None
                        for j in ("healthy", "failing")):
                     break
             except Exception:  # noqa: BLE001 - starting up
@@ -136,7 +139,8 @@ def test_guardrail_queries_against_real_prometheus(prometheus: str) -> None:
     healthy = PrometheusGuardrails(api, GuardrailQueries(WINDOW, 'job="healthy"')).readings(Pair("1", "2"))
     failing = PrometheusGuardrails(api, GuardrailQueries(WINDOW, 'job="failing"')).readings(Pair("1", "2"))
     api.close()
-    # failed / (ok + failed + rejected): 1 / 203 and 10 / 203; shadow_skipped and the champion do not count
+    # failed / (ok + failed + rejected) of challenger v2: 1 / 203 and 10 / 203; shadow_skipped, the champion and
+    # the challenger's previous version v1 (all timeouts, 2 s) do not count
     assert healthy.error_rate == pytest.approx(1 / 203, rel=0.1)
     assert failing.error_rate == pytest.approx(10 / 203, rel=0.1)
     for r in (healthy, failing):

@@ -53,12 +53,15 @@ def test_guardrails_read_error_rate_and_p99() -> None:
     assert "kingmaker_router_upstream_requests_total" in errors and 'arm="challenger"' in errors
     assert 'outcome=~"timeout|connect_error|http_error|bad_response"' in errors
     assert p99.startswith("histogram_quantile(0.99,") and "kingmaker_router_upstream_duration_seconds_bucket" in p99
+    # scoped to the challenger version under test: a predecessor's calls in the window do not count
+    assert errors.count(f'model_version="{PAIR.challenger}"') == 2 and f'model_version="{PAIR.challenger}"' in p99
 
 
 def test_queries_take_the_window_and_an_extra_selector() -> None:
     q = GuardrailQueries(window="5m", selector='namespace="fraud"')
-    assert '[5m]' in q.error_rate and '{arm="challenger",namespace="fraud"}' in q.p99_latency
-    assert q.error_rate.count('namespace="fraud"') == 2
+    assert '[5m]' in q.error_rate() and '{arm="challenger",namespace="fraud"}' in q.p99_latency()
+    assert q.error_rate().count('namespace="fraud"') == 2
+    assert '{arm="challenger",model_version="7",namespace="fraud"}' in q.p99_latency("7")
 
 
 @pytest.mark.parametrize(("status", "body"), [

@@ -270,6 +270,10 @@ async def test_router_metrics_count_per_arm(scorer_env: Registry, monkeypatch: p
     assert f'kingmaker_router_requests_total{{arm="challenger",code="200",mode="split",model_version="2"}} {float(n)}' in metrics
     assert f'kingmaker_router_routed_total{{arm="champion",mode="split"}} {float(40 - n)}' in metrics
     assert "kingmaker_router_request_duration_seconds_bucket" in metrics
+    # calls to an arm carry the version it serves: the controller's guardrails read the version under test
+    upstream = 'kingmaker_router_upstream_requests_total{arm="challenger",model_version="2",outcome="ok"}'
+    assert f"{upstream} {float(n)}" in metrics
+    assert 'kingmaker_router_upstream_duration_seconds_count{arm="champion",model_version="1"}' in metrics
 
 
 async def test_readiness_turns_false_on_sigterm_before_the_server_stops(
