@@ -143,12 +143,16 @@ def _new_id() -> str:
     return uuid.uuid4().hex
 
 
+def _set_headers(ctx: bentoml.Context, headers: dict[str, str]) -> None:
+    for k, v in headers.items():
+        ctx.response.headers[k] = v
+
+
 def _error_response(ctx: bentoml.Context | None, status: int, body: dict[str, Any],
                     headers: dict[str, str]) -> JSONResponse:
     if ctx is not None:  # BentoML copies the status and headers from the context onto returned responses
         ctx.response.status_code = status
-        for k, v in headers.items():
-            ctx.response.headers[k] = v
+        _set_headers(ctx, headers)
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -200,22 +204,32 @@ class Scorer:
     def __metrics__(self, content: str) -> str:
         return content + self.metrics.exposition()
 
+    def _one_row(self, endpoint: str, features: Any, request_id: str | None, ctx: bentoml.Context,
+                 started: float) -> tuple[npt.NDArray[np.float64], str] | JSONResponse:
+        """Validate one transaction: (row vector, request id) with the audit headers set on ``ctx``, or
+        the 4xx response to return (counted)."""
+        engine = self.engine
+        request_id = request_id or _new_id()
+        headers = {**engine.headers, HEADER_REQUEST_ID: request_id}
+        try:
+            x = row_vector(features, engine.schema)
+        except InvalidRequest as exc:
+            engine.observe(endpoint, exc.status, time.perf_counter() - started, "invalid_input")
+            return _error_response(ctx, exc.status, exc.body(), headers)
+        _set_headers(ctx, headers)
+        return x, request_id
+
     # --- endpoints ------------------------------------------------------------------------------
     @bentoml.api(route="/score")
     async def score(self, request: ScoreRequest, /, ctx: bentoml.Context) -> Scored:
         """Score one transaction."""
         started = time.perf_counter()
         engine = self.engine
-        request_id = request.request_id or _new_id()
-        headers = {**engine.headers, HEADER_REQUEST_ID: request_id}
-        try:
-            x = row_vector(request.features, engine.schema)
-        except InvalidRequest as exc:
-            engine.observe("score", exc.status, time.perf_counter() - started, "invalid_input")
-            return _error_response(ctx, exc.status, exc.body(), headers)  # type: ignore[return-value]
+        parsed = self._one_row("score", request.features, request.request_id, ctx, started)
+        if isinstance(parsed, JSONResponse):
+            return parsed  # type: ignore[return-value]
+        x, request_id = parsed
         scores, decisions = engine.score_matrix(x)
-        for k, v in headers.items():
-            ctx.response.headers[k] = v
         engine.observe("score", 200, time.perf_counter() - started)
         return Scored(request_id=request_id, arm=engine.arm, model_name=engine.name, model_version=engine.version,
                       score=float(scores[0]), decision=bool(decisions[0]), threshold=engine.model.threshold)
@@ -240,8 +254,7 @@ class Scorer:
         else:
             scores, decisions = engine.score_matrix(x)
         ids = request.request_ids or [_new_id() for _ in range(len(x))]
-        for k, v in headers.items():
-            ctx.response.headers[k] = v
+        _set_headers(ctx, headers)
         engine.observe("score_batch", 200, time.perf_counter() - started)
         return BatchScored.model_construct(arm=engine.arm, model_name=engine.name, model_version=engine.version,
                                            threshold=engine.model.threshold, request_ids=ids,
@@ -252,13 +265,10 @@ class Scorer:
         """Score one transaction and return its top_k features by absolute contribution."""
         started = time.perf_counter()
         engine = self.engine
-        request_id = request.request_id or _new_id()
-        headers = {**engine.headers, HEADER_REQUEST_ID: request_id}
-        try:
-            x = row_vector(request.features, engine.schema)
-        except InvalidRequest as exc:
-            engine.observe("explain", exc.status, time.perf_counter() - started, "invalid_input")
-            return _error_response(ctx, exc.status, exc.body(), headers)  # type: ignore[return-value]
+        parsed = self._one_row("explain", request.features, request.request_id, ctx, started)
+        if isinstance(parsed, JSONResponse):
+            return parsed  # type: ignore[return-value]
+        x, request_id = parsed
         scores, decisions = engine.score_matrix(x)
         contribs = engine.model.contributions(x)
         top: list[Contribution] | None = None
@@ -267,8 +277,6 @@ class Scorer:
             order = np.argsort(-np.abs(row), kind="stable")[: request.top_k]
             top = [Contribution(feature=engine.schema.names[i], value=float(x[0, i]), contribution=float(row[i]))
                    for i in order]
-        for k, v in headers.items():
-            ctx.response.headers[k] = v
         engine.observe("explain", 200, time.perf_counter() - started)
         return Explanation(request_id=request_id, arm=engine.arm, model_name=engine.name,
                            model_version=engine.version, score=float(scores[0]), decision=bool(decisions[0]),
