@@ -3,8 +3,12 @@ session template so each test gets a fresh one in milliseconds), and small recor
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shutil
+import threading
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -199,3 +203,31 @@ def local_ports(home: Home, registry: MlflowRegistry) -> Iterator[tuple[Ports, L
     store = LocalStore(home.root / "controller", s)
     serving = LocalServing(home.root / "serving", MODEL)
     yield Ports(registry, serving, store, ControllerMetrics()), store, serving
+
+
+@contextlib.contextmanager
+def query_api(answer: Callable[[str, str], tuple[int, Any]]) -> Iterator[str]:
+    """A real local HTTP server: ``answer(path, promql)`` -> (status, JSON document) for every GET."""
+    from urllib.parse import parse_qs, urlparse
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            url = urlparse(self.path)
+            status, doc = answer(url.path, parse_qs(url.query).get("query", [""])[0])
+            body = json.dumps(doc).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

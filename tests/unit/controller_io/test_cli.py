@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -17,31 +15,16 @@ import yaml
 from k8s.act import MlflowRegistry
 from kingmaker.cli import main
 
-from .conftest import Home, traffic_frame
+from .conftest import Home, query_api, traffic_frame
 from .test_drift_file import drift_result
 
 
 @pytest.fixture
 def prometheus() -> Iterator[str]:
     """A local server answering every /api/v1/query with a healthy value."""
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": [
-                {"metric": {}, "value": [time.time(), "0.002"]}]}}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    healthy = {"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}, "value": [0, "0.002"]}]}}
+    with query_api(lambda path, query: (200, healthy)) as url:
+        yield url
 
 
 def policy_file(home: Home, **policy: Any) -> Path:

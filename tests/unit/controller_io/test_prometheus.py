@@ -10,7 +10,6 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlparse
 
 import httpx
 import pytest
@@ -19,6 +18,8 @@ from k8s.decide import GuardrailReadings
 from k8s.observe import GuardrailQueries, PrometheusAPI, PrometheusDrift, PrometheusGuardrails
 from k8s.state import Pair
 from kingmaker.errors import PermanentError, TemporaryError
+
+from .conftest import query_api
 
 PAIR = Pair("1", "2")
 
@@ -139,34 +140,20 @@ def prometheus_like() -> Iterator[tuple[str, list[str]]]:
     """A real local HTTP server speaking the /api/v1/query protocol from a table of answers."""
     seen: list[str] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            url = urlparse(self.path)
-            query = parse_qs(url.query)["query"][0]
-            seen.append(query)
-            if "drift_last_success" in query:
-                doc = vector(({}, "1700000000"))
-            elif "drift_arms_score_psi" in query:
-                doc = vector(({}, "0.31")) if 'challenger_version="2"' in query else vector()
-            elif "drift_feature_severity" in query:
-                doc = vector(({"feature": "amount"}, "2"), ({"feature": "v14"}, "1"))
-            else:
-                doc = vector()
-            body = json.dumps(doc).encode()
-            self.send_response(200 if url.path == "/api/v1/query" else 404)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def answer(path: str, query: str) -> tuple[int, Any]:
+        seen.append(query)
+        if "drift_last_success" in query:
+            doc = vector(({}, "1700000000"))
+        elif "drift_arms_score_psi" in query:
+            doc = vector(({}, "0.31")) if 'challenger_version="2"' in query else vector()
+        elif "drift_feature_severity" in query:
+            doc = vector(({"feature": "amount"}, "2"), ({"feature": "v14"}, "1"))
+        else:
+            doc = vector()
+        return (200 if path == "/api/v1/query" else 404), doc
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    server.shutdown()
-    server.server_close()
+    with query_api(answer) as url:
+        yield url, seen
 
 
 def test_drift_from_pushed_gauges(prometheus_like: tuple[str, list[str]]) -> None:
