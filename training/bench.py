@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     amounts = ds.frame[ds.amount_column].to_numpy(float) if ds.amount_column else None
     print(f"data: {ds.name}, {len(ds.frame)} rows, {ds.n_positive} frauds; {os.cpu_count()} CPU(s); MLflow run {parent.run_id}")
 
-    trials = pipeline._trials(cfg)
+    trials = pipeline.trials(cfg)
     cv_rows: list[dict[str, Any]] = []
     with tqdm(total=len(trials) * cfg.folds, desc=f"{cfg.folds}-fold CV on all rows", unit="fit") as bar:
         for candidate, params in trials:

@@ -131,11 +131,11 @@ def train(ds: Dataset, cfg: TrainConfig, settings: MlflowSettings) -> TrainResul
     log.info("data %s: %d rows (%d frauds), %d features; train %d / test %d (%s split)", ds.name, len(ds.frame),
              ds.n_positive, len(ds.features), len(tr.frame), len(te.frame), cfg.split)
 
-    trials = _trials(cfg)
+    planned = trials(cfg)
     with tracker.parent_run(ds, cfg, tr, te) as parent:
         results: list[CandidateResult] = []
-        with tqdm(total=len(trials) * cfg.folds, desc="cross-validating", unit="fit") as bar:
-            for candidate, params in trials:
+        with tqdm(total=len(planned) * cfg.folds, desc="cross-validating", unit="fit") as bar:
+            for candidate, params in planned:
                 bar.set_postfix_str(candidate.name)
                 res = cross_validate(candidate, params, tr.x, tr.y, amounts_tr, cfg, bar)
                 parent.log_candidate(res)
@@ -191,12 +191,12 @@ def train(ds: Dataset, cfg: TrainConfig, settings: MlflowSettings) -> TrainResul
     return TrainResult(parent.run_id, chosen.name, settings.model_name, version, alias, test_metrics, table)
 
 
-def _trials(cfg: TrainConfig) -> list[tuple[cand.Candidate, dict[str, Any]]]:
-    trials: list[tuple[cand.Candidate, dict[str, Any]]] = []
+def trials(cfg: TrainConfig) -> list[tuple[cand.Candidate, dict[str, Any]]]:
+    planned: list[tuple[cand.Candidate, dict[str, Any]]] = []
     for c in cand.get(list(cfg.candidates)):
         space = c.search_space[: max(1, cfg.tune)] if (cfg.tune and c.search_space) else ({},)
-        trials.extend((c, dict(p)) for p in space)
-    return trials
+        planned.extend((c, dict(p)) for p in space)
+    return planned
 
 
 def summary_table(results: list[CandidateResult], chosen: str, select_by: str) -> pd.DataFrame:
