@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from kingmaker.errors import PermanentError
-from kingmaker.logs import Mode
+from kingmaker.roles import Mode
 
 log = logging.getLogger(__name__)
 

@@ -59,7 +59,7 @@ def fix_bentoml_request_timers() -> bool:
         try:
             try:
                 await waiter
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if fut.cancel():
                     resp = JSONResponse({"error": f"Not able to process the request in {self.timeout} seconds"},
                                         status_code=504)

@@ -12,11 +12,9 @@ from collections.abc import Iterable
 
 import numpy as np
 import numpy.typing as npt
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 
 from kingmaker.catalog import SERVING, MetricSpec, create
-
 
 #: What each role exposes (the Scorer's series carry its arm; the Router's describe routing and logs).
 SCORER_SPECS = tuple(s for s in SERVING if s.name.startswith(("kingmaker_scorer_", "kingmaker_predictions",

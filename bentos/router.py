@@ -36,15 +36,28 @@ from bentos import auth
 from bentos.config import ConfigWatcher, RouterConfig
 from bentos.feedback import FeedbackStore
 from bentos.lifecycle import Drain, fix_bentoml_request_timers, settle_heap
-from bentos.messages import (HEADER_ARM, HEADER_FALLBACK, HEADER_MODE, HEADER_MODEL_NAME, HEADER_MODEL_VERSION,
-                             HEADER_REQUEST_ID, Empty, FeedbackRequest, FeedbackResult, ModelInfo, PredictBatchRequest,
-                             Prediction, PredictionBatch, PredictRequest)
+from bentos.messages import (
+    HEADER_ARM,
+    HEADER_FALLBACK,
+    HEADER_MODE,
+    HEADER_MODEL_NAME,
+    HEADER_MODEL_VERSION,
+    HEADER_REQUEST_ID,
+    Empty,
+    FeedbackRequest,
+    FeedbackResult,
+    ModelInfo,
+    PredictBatchRequest,
+    Prediction,
+    PredictionBatch,
+    PredictRequest,
+)
 from bentos.metrics import ROUTER_SPECS, Metrics
 from bentos.predlog import BufferedLog, prediction_writer
 from bentos.routing import CircuitBreaker, choose_arm, routing_key
 from bentos.validation import FeatureSchema, InvalidRequest, Problem, check_batch_size, row_problems
 from kingmaker import logs
-from kingmaker.logs import Arm, Mode
+from kingmaker.roles import Arm, Mode
 from kingmaker.settings import LogSettings, ServingSettings
 
 log = logging.getLogger(__name__)
@@ -257,7 +270,7 @@ class Router:
         if settings.scoring_tokens or settings.scoring_token_file:
             scoring = auth.TokenStore(settings.scoring_tokens, Path(settings.scoring_token_file)
                                       if settings.scoring_token_file else None)
-            protected.update({p: scoring for p in ("/predict", "/predict_batch", "/routing")})
+            protected.update(dict.fromkeys(("/predict", "/predict_batch", "/routing"), scoring))
         _guard.guard = auth.Guard(protected=protected, max_body_bytes=settings.max_body_bytes,
                                   on_denied=lambda path, r: auth_failures.labels(path=path, reason=r.value).inc())
         self._requests = m.counter("kingmaker_router_requests")

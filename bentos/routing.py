@@ -17,7 +17,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from kingmaker.logs import Arm
+from kingmaker.roles import Arm
 
 _SCALE = float(2**64)
 

@@ -48,8 +48,21 @@ from starlette.routing import Route
 
 from bentos import auth
 from bentos.lifecycle import Drain, fix_bentoml_request_timers, settle_heap
-from bentos.messages import (HEADER_ARM, HEADER_MODEL_NAME, HEADER_MODEL_VERSION, HEADER_REQUEST_ID, BatchRequest,
-                             BatchScored, Contribution, Empty, ExplainRequest, Explanation, ModelInfo, ScoreRequest, Scored)
+from bentos.messages import (
+    HEADER_ARM,
+    HEADER_MODEL_NAME,
+    HEADER_MODEL_VERSION,
+    HEADER_REQUEST_ID,
+    BatchRequest,
+    BatchScored,
+    Contribution,
+    Empty,
+    ExplainRequest,
+    Explanation,
+    ModelInfo,
+    Scored,
+    ScoreRequest,
+)
 from bentos.metrics import SCORER_SPECS, Metrics, observe_many
 from bentos.validation import FeatureSchema, InvalidRequest, Problem, row_vector, rows_matrix, table_matrix
 from kingmaker.settings import MlflowSettings, ServingSettings
@@ -185,7 +198,7 @@ class Scorer:
         self.drain = Drain(settings.drain_seconds)
         tokens = auth.TokenStore(settings.scoring_tokens, Path(settings.scoring_token_file)
                                  if settings.scoring_token_file else None)
-        protected = ({p: tokens for p in ("/score", "/score_batch", "/explain", "/info", "/arrow/score_batch")}
+        protected = (dict.fromkeys(("/score", "/score_batch", "/explain", "/info", "/arrow/score_batch"), tokens)
                      if tokens.configured or settings.scoring_token_file else {})
         _guard.guard = auth.Guard(protected=protected, max_body_bytes=settings.max_body_bytes)
         self._ready = True

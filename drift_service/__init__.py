@@ -1,7 +1,7 @@
 """drift_service: PSI/KS statistics, window loading, the drift job and its report.
 
 Layers (pure first; the pure modules import no mlflow/kubernetes/httpx/requests, see
-tests/unit/drift/test_layers.py):
+tests/unit/drift_service/test_layers.py):
 
 - `stats` — one pure function per statistic (`psi`, `psi_categorical`, `ks`), p-value correction and
   severity rules; results carry the direction of "drifted".

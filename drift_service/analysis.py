@@ -47,8 +47,9 @@ from drift_service.stats import (
     psi_categorical,
     worst,
 )
-from kingmaker.logs import Arm, feature_column
+from kingmaker.logs import feature_column
 from kingmaker.reference import SCORE_COLUMN, Reference
+from kingmaker.roles import Arm
 
 #: Window columns the analysis reads besides the ``feat_*`` columns.
 WINDOW_COLUMNS = ("request_id", "ts", "arm", "served", "model_version", "score")

@@ -95,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     from drift_service import report, window
     from drift_service.analysis import ArmReference, Policy, Window, analyse
     from drift_service.document import Context
-    from kingmaker.logs import Arm, append_predictions
+    from kingmaker.logs import append_predictions
+    from kingmaker.roles import Arm
 
     policy = Policy()
     table: list[dict[str, Any]] = []

@@ -27,8 +27,9 @@ from drift_service.analysis import ArmReference, DriftResult, Policy, Window, an
 from drift_service.document import Context, mlflow_metrics, to_document
 from drift_service.pushgateway import DEFAULT_JOB
 from kingmaker.errors import PermanentError
-from kingmaker.logs import Arm, now
+from kingmaker.logs import now
 from kingmaker.reference import Reference
+from kingmaker.roles import Arm
 from kingmaker.settings import MlflowSettings
 
 if TYPE_CHECKING:

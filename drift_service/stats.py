@@ -27,6 +27,7 @@ NaN values are dropped before any statistic; ``±inf`` count in the outer bins.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -183,7 +184,7 @@ def psi_from_shares(reference_share: npt.ArrayLike, current_share: npt.ArrayLike
 
 def _interval_labels(edges: Sequence[float]) -> tuple[str, ...]:
     bounds = ["-inf", *(f"{e:.4g}" for e in edges), "inf"]
-    return tuple(f"[{lo}, {hi})" for lo, hi in zip(bounds[:-1], bounds[1:], strict=True))
+    return tuple(f"[{lo}, {hi})" for lo, hi in itertools.pairwise(bounds))
 
 
 def psi(reference: npt.ArrayLike | SortedSample, current: npt.ArrayLike | SortedSample, *,
@@ -197,7 +198,7 @@ def psi(reference: npt.ArrayLike | SortedSample, current: npt.ArrayLike | Sorted
     ref, cur = SortedSample.of(reference), SortedSample.of(current)
     _nonempty(ref, cur)
     edges = [float(e) for e in edges]
-    if any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
+    if any(b <= a for a, b in itertools.pairwise(edges)):
         raise ValueError("PSI edges must be strictly increasing")
     r, c = _shares(bin_counts(ref, edges)), _shares(bin_counts(cur, edges))
     return PsiResult(score=psi_from_shares(r, c, epsilon=epsilon), threshold=threshold,

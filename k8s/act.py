@@ -46,7 +46,7 @@ from k8s.resource import Phase
 from k8s.state import Arms, Pair, Spec, Status
 from kingmaker.catalog import CATALOG, CONTROLLER, create
 from kingmaker.errors import PermanentError, TemporaryError
-from kingmaker.logs import Arm, Mode
+from kingmaker.roles import Arm, Mode
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

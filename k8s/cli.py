@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ def _spec(args: argparse.Namespace, model_name: str) -> Spec:
 
     from k8s.state import Spec, Traffic, parse_spec
     from kingmaker.errors import PermanentError
-    from kingmaker.logs import Mode
+    from kingmaker.roles import Mode
 
     if args.policy is not None:
         try:
@@ -153,7 +153,7 @@ def decision_table(spec: Spec, status: Status, decision: Decision) -> str:
     lines = [f"{spec.name}: model {spec.model_name}, {ev.mode.value} mode, challenger weight "
              f"{spec.traffic.challenger_weight:g}, criterion {policy.criterion.value}, alpha {policy.alpha:g}, "
              f"phase {status.phase.value}"]
-    lines += [f"  {str(a):<{width}}{str(b):>12}{str(c):>12}" for a, b, c in rows]
+    lines += [f"  {a!s:<{width}}{b!s:>12}{c!s:>12}" for a, b, c in rows]
     if ev.difference is not None:
         ci = "" if ev.interval is None else f"  always-valid CS [{_num(ev.interval[0])}, {_num(ev.interval[1])}]"
         lines.append(f"  {'difference':<{width}}{_num(ev.difference):>12}{ci}")

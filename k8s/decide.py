@@ -46,7 +46,7 @@ from k8s.sequential import (
     split_ratio,
     transaction_costs,
 )
-from kingmaker.logs import Mode
+from kingmaker.roles import Mode
 
 Floats = NDArray[np.float64]
 
@@ -474,7 +474,7 @@ def decide(observations: Observations, policy: Policy, state: State) -> Decision
         return verdict(Reason.INSUFFICIENT_SAMPLES,
                        "no transactions past the threshold warm-up yet: the test has nothing to compare", evidence)
     what = _describe(policy, test, r.n, obs.paired)
-    ci = f"{int(round(100 * (1 - 2 * policy.alpha)))}% CS [{_fmt(lo)}, {_fmt(hi)}]"
+    ci = f"{round(100 * (1 - 2 * policy.alpha))}% CS [{_fmt(lo)}, {_fmt(hi)}]"
     if r.worse:
         return verdict(Reason.CHALLENGER_WORSE,
                        f"{what}; always-valid p={_p(r.p_worse)} <= alpha {policy.alpha:g} that it is worse "

@@ -33,7 +33,7 @@ from k8s.act import LostLeadership
 from k8s.resource import GROUP, KIND, PLURAL, VERSION
 from k8s.state import Arms, Spec, Status, parse_spec
 from kingmaker.errors import PermanentError, TemporaryError
-from kingmaker.logs import Mode
+from kingmaker.roles import Mode
 
 log = logging.getLogger(__name__)
 

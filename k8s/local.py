@@ -32,11 +32,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-
 from k8s.state import Arms, Spec, Status, rfc3339
 from kingmaker import arms as arms_file
 from kingmaker.errors import PermanentError, TemporaryError
-from kingmaker.logs import Mode
+from kingmaker.roles import Mode
 
 log = logging.getLogger(__name__)
 

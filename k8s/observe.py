@@ -34,7 +34,7 @@ from k8s.state import Pair, Spec
 from kingmaker import logs
 from kingmaker.catalog import CATALOG
 from kingmaker.errors import KingmakerError, PermanentError, TemporaryError
-from kingmaker.logs import Arm, Mode
+from kingmaker.roles import Arm, Mode
 
 log = logging.getLogger(__name__)
 

@@ -110,7 +110,7 @@ def block_thresholds(scores: Floats, rate: float, *, counted: Bools | None = Non
     runs, n = s.shape
     use = np.ones_like(s, dtype=bool) if counted is None else np.atleast_2d(np.asarray(counted, dtype=bool))
     out = np.full((runs, n), np.inf)
-    keep = max(1, int(round(rate * n)) + 1)  # enough candidates for the largest k ever needed
+    keep = max(1, round(rate * n) + 1)  # enough candidates for the largest k ever needed
     top = np.full((runs, 0), -np.inf)
     seen = np.zeros(runs, dtype=np.int64)
     for j in range(1, math.ceil(n / block)):
@@ -282,7 +282,7 @@ def log_wealth(gains: Floats, null: float = 0.0) -> Floats:
     """
     g = np.asarray(gains, dtype=np.float64)
     y = g - null  # in [-(1 + null), 1 - null]
-    zeros = np.zeros(y.shape[:-1] + (1,))
+    zeros = np.zeros((*y.shape[:-1], 1))
     before = np.concatenate([zeros, np.cumsum(y, axis=-1)[..., :-1]], axis=-1)
     before2 = np.concatenate([zeros, np.cumsum(y * y, axis=-1)[..., :-1]], axis=-1)
     count = np.arange(1, y.shape[-1] + 1, dtype=np.float64)  # earlier rows + one pseudo-observation

@@ -216,7 +216,7 @@ def gains(traffic: Traffic, policy: Policy, challenger_weight: float = 0.1,
     pb, before_b = _compact(vb, tb)
     ka, kb = split_ratio(challenger_weight)
     a_mean, b_mean = pair_blocks(pa, pb, (ka, kb))
-    runs, m1 = traffic.challenger_before.shape
+    _runs, m1 = traffic.challenger_before.shape
     n_a = np.arange(m1)[None, :] - traffic.challenger_before
     tested_a = np.take_along_axis(before_a, np.minimum(n_a, before_a.shape[1] - 1), axis=1)
     tested_b = np.take_along_axis(before_b, np.minimum(traffic.challenger_before, before_b.shape[1] - 1), axis=1)

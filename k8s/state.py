@@ -24,7 +24,7 @@ from k8s.decide import Decision, Outcome, Reason, State
 from k8s.policy import Policy, parse_policy
 from k8s.resource import Phase, phase_for
 from kingmaker.errors import PermanentError
-from kingmaker.logs import Mode
+from kingmaker.roles import Mode
 
 HISTORY_LIMIT = 100  # history entries kept in the status (oldest dropped first)
 PREVIOUS_CHAMPION = "previous-champion"  # MLflow alias kept on the version a promotion replaced
@@ -98,7 +98,7 @@ def parse_spec(doc: Mapping[str, Any], *, default_name: str = "fraud-detector") 
     if not isinstance(doc, Mapping):
         raise PermanentError(f"resource: expected a mapping, got {type(doc).__name__}")
     meta = doc.get("metadata") or {}
-    spec = doc["spec"] if "spec" in doc else doc
+    spec = doc.get("spec", doc)
     if not isinstance(spec, Mapping):
         raise PermanentError(f"spec: expected a mapping, got {type(spec).__name__}")
     aliases = spec.get("aliases") or {}

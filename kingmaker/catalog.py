@@ -34,7 +34,7 @@ class MetricSpec:
 
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
-SCORE_BUCKETS = tuple(round(x * 0.05, 2) for x in range(1, 20)) + (0.99,)
+SCORE_BUCKETS = (*tuple(round(x * 0.05, 2) for x in range(1, 20)), 0.99)
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ CONTROLLER = (
 )
 
 # --- serving (bentos): Scorer (one process per arm) and Router ---------------------------------
-# `arm` is kingmaker.logs.Arm, `endpoint` a Scorer API name, `code` the HTTP status, `outcome`/`reason`
+# `arm` is kingmaker.roles.Arm, `endpoint` a Scorer API name, `code` the HTTP status, `outcome`/`reason`
 # small closed sets documented per metric, so cardinality stays bounded.
 SERVING = (
     MetricSpec("kingmaker_scorer_requests", Kind.COUNTER,

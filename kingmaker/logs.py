@@ -17,7 +17,6 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 import fsspec
@@ -28,16 +27,6 @@ import pyarrow.parquet as pq
 
 FEATURE_PREFIX = "feat_"
 PARTITION = "date"
-
-
-class Arm(StrEnum):
-    CHAMPION = "champion"
-    CHALLENGER = "challenger"
-
-
-class Mode(StrEnum):
-    SPLIT = "split"
-    SHADOW = "shadow"
 
 
 #: Columns every prediction row has, in order, before the ``feat_*`` columns.

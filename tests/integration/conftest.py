@@ -9,4 +9,4 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.filterwarnings("default"))
 
 
-from .serving_support import serving_home  # noqa: E402,F401  (a session fixture for every integration test)
+from .bentos_support import serving_home  # noqa: E402,F401  (a session fixture for every integration test)

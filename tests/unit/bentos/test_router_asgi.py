@@ -1,0 +1,327 @@
+"""The Router in-process: routing, fallbacks, shadow mode, the prediction log, feedback, hot reload.
+
+Arms are real in-process Scorers (tiny registered models) or stub Starlette apps for fault injection;
+a URL that is not in the app map goes over real TCP (used for "connection refused")."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import yaml
+
+from bentos.routing import choose_arm
+from kingmaker import logs
+
+from .conftest import Registry, both_arms, free_port, router, row, stub_arm, wait_ready
+
+pytestmark = pytest.mark.anyio
+
+
+def predictions(url: str) -> pd.DataFrame:
+    return logs.read_predictions(url)
+
+
+async def test_split_follows_the_routing_function_and_logs_each_request_once(
+        scorer_env: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    async with both_arms(monkeypatch) as apps, router(monkeypatch, tmp_path, apps,
+                                                       {"challenger_weight": 0.3}) as h:
+        answers = {}
+        for i in range(60):
+            customer = f"c{i % 40}"  # some customers come back: they must land on the same arm
+            r = await h.client.post("/predict", json={"features": row(i), "request_id": f"tx-{i}",
+                                                      "ids": {"customer_id": customer}})
+            assert r.status_code == 200, r.text
+            answers[f"tx-{i}"] = (customer, r)
+    by_customer: dict[str, set[str]] = {}
+    for request_id, (customer, r) in answers.items():
+        body = r.json()
+        expected = choose_arm(customer, 0.3, "test").value
+        assert body["arm"] == expected == r.headers["x-kingmaker-arm"]
+        assert body["model_version"] == scorer_env.versions[expected] == r.headers["x-model-version"]
+        assert body["request_id"] == request_id == r.headers["x-request-id"]
+        assert body["mode"] == "split" and body["fallback"] is False
+        by_customer.setdefault(customer, set()).add(body["arm"])
+    assert all(len(arms) == 1 for arms in by_customer.values())
+    assert {b.json()["arm"] for _, b in answers.values()} == {"champion", "challenger"}
+    log = predictions(h.predictions_url)
+    assert sorted(log["request_id"]) == sorted(answers)  # exactly once each (split: one scoring arm)
+    log = log.set_index("request_id")
+    for request_id, (customer, r) in answers.items():
+        entry = log.loc[request_id]
+        assert entry["arm"] == r.json()["arm"] and bool(entry["served"]) and entry["mode"] == "split"
+        assert entry["routing_key"] == customer and entry["model_version"] == r.json()["model_version"]
+        assert entry["score"] == pytest.approx(r.json()["score"])
+        assert entry["feat_f01"] == pytest.approx(row(int(request_id[3:]))["f01"])
+
+
+async def test_request_id_is_the_routing_key_without_entity_ids(
+        scorer_env: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    async with both_arms(monkeypatch) as apps, router(monkeypatch, tmp_path, apps, {"challenger_weight": 0.5}) as h:
+        for i in range(20):
+            r = await h.client.post("/predict", json={"features": row(i), "request_id": f"q{i}"})
+            assert r.json()["arm"] == choose_arm(f"q{i}", 0.5, "test").value
+
+
+@pytest.mark.parametrize("fault", ["http_500", "timeout", "refused", "rejected"])
+async def test_challenger_faults_fall_back_to_the_champion(
+        scorer_env: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fault: str) -> None:
+    challenger = {"http_500": stub_arm("challenger", "9", status=500),
+                  "timeout": stub_arm("challenger", "9", delay_s=0.5),
+                  "rejected": stub_arm("challenger", "9", status=400),
+                  "refused": None}[fault]
+    challenger_url = f"http://127.0.0.1:{free_port()}" if fault == "refused" else "http://challenger"
+    async with both_arms(monkeypatch) as apps:
+        apps = {"http://champion": apps["http://champion"], **({"http://challenger": challenger} if challenger else {})}
+        config = {"challenger_weight": 1.0, "challenger_timeout_ms": 100}
+        async with router(monkeypatch, tmp_path, apps, config, challenger_url=challenger_url) as h:
+            for i in range(8):
+                r = await h.client.post("/predict", json={"features": row(i), "request_id": f"f{i}"})
+                assert r.status_code == 200, r.text
+                assert r.json()["arm"] == "champion" and r.json()["fallback"] is True
+                assert r.headers["x-kingmaker-fallback"] == "true"
+            metrics = (await h.client.get("/metrics")).text
+    assert "kingmaker_router_fallbacks_total" in metrics
+    log = predictions(h.predictions_url)
+    assert len(log) == 8 and set(log["arm"]) == {"champion"}  # only the arm that scored is logged
+    if challenger is not None and fault != "rejected":
+        assert challenger.state.calls <= 6  # the circuit opened after 5 failures
+
+
+async def test_champion_down_is_a_503_with_retry_after(
+        scorer_env: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    apps = {"http://champion": stub_arm("champion", "1", status=503), "http://challenger": stub_arm("challenger", "2")}
+    async with router(monkeypatch, tmp_path, apps, {"challenger_weight": 0.0}) as h:
+        r = await h.client.post("/predict", json={"features": row(1), "request_id": "down-1"})
+        assert r.status_code == 503
+        assert r.headers["retry-after"] == "1" and r.headers["x-request-id"] == "down-1"
+        assert "champion cannot answer" in r.json()["error"]
+        batch = await h.client.post("/predict_batch", json={"rows": [{"features": row(1)}]})
+        assert batch.status_code == 503
+
+
+async def test_not_ready_until_the_champion_answers(
+        scorer_env: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    async with router(monkeypatch, tmp_path, {}, champion_url=dead, challenger_url="", ready=False) as h:
+        assert (await h.client.get("/readyz")).status_code == 503
+        assert (await h.client.get("/livez")).status_code == 200
+        r = await h.client.post("/predict", json={"features": row(1)})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+
+
+async def test_shadow_mode_answers_with_the_champion_and_logs_both(
+        scorer_env: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    async with both_arms(monkeypatch) as apps, router(monkeypatch, tmp_path, apps,
+                                                       {"mode": "shadow", "challenger_weight": 0.9}) as h:
+        for i in range(30):
+            r = await h.client.post("/predict", json={"features": row(i), "request_id": f"s{i}",
+                                                      "ids": {"customer_id": f"c{i}"}})
+            assert r.json()["arm"] == "champion" and r.json()["mode"] == "shadow"
+        batch = await h.client.post("/predict_batch", json={"rows": [{"features": row(i), "request_id": f"b{i}"}
+                                                                     for i in range(10)]})
+        assert {p["arm"] for p in batch.json()["predictions"]} == {"champion"}
+    log = predictions(h.predictions_url)
+    ids = [f"s{i}" for i in range(30)] + [f"b{i}" for i in range(10)]
+    for arm, served in (("champion", True), ("challenger", False)):
+        part = log[log["arm"] == arm]
+        assert sorted(part["request_id"]) == sorted(ids), arm
+        assert set(part["served"]) == {served} and set(part["mode"]) == {"shadow"}
+    assert set(log[log["arm"] == "challenger"]["model_version"]) == {scorer_env.versions["challenger"]}
+
+
+async def test_shadow_failures_never_touch_the_response(
+        scorer_env: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    async with both_arms(monkeypatch) as real:
+        apps = {"http://champion": real["http://champion"], "http://challenger": stub_arm("challenger", "9", status=500)}
+        async with router(monkeypatch, tmp_path, apps, {"mode": "shadow"}) as h:
+            for i in range(10):
+                r = await h.client.post("/predict", json={"features": row(i), "request_id": f"x{i}"})
+                assert r.status_code == 200 and r.json()["arm"] == "champion"
+                assert "x-kingmaker-fallback" not in r.headers
+    log = predictions(h.predictions_url)
+    assert set(log["arm"]) == {"champion"} and len(log) == 10
+
+
+async def test_invalid_input_is_refused_before_any_arm_is_called(
+        scorer_env: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    champion, challenger = stub_arm("champion", "1"), stub_arm("challenger", "2")
+    apps = {"http://champion": champion, "http://challenger": challenger}
+    async with router(monkeypatch, tmp_path, apps) as h:
+        r = await h.client.post("/predict", json={"features": {**row(1), "bogus": 1.0}, "request_id": "bad-1"})
+        assert r.status_code == 400 and r.json()["detail"][0]["loc"] == ["features", "bogus"]
+        assert r.headers["x-request-id"] == "bad-1"
+        r = await h.client.post("/predict", json={"features": row(1), "ids": {"customer_id": 7}})
+        assert r.status_code == 400 and r.json()["detail"][0]["loc"] == ["ids", "customer_id"]
+        r = await h.client.post("/predict", json={"features": row(1), "typo": True})
+        assert r.status_code == 400
+    assert champion.state.calls == 0 and challenger.state.calls == 0
+
+
+async def test_batch_routes_each_row(scorer_env: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    async with both_arms(monkeypatch) as apps, router(monkeypatch, tmp_path, apps, {"challenger_weight": 0.5},
+                                                       KINGMAKER_MAX_BATCH_ROWS="50") as h:
+        rows = [{"features": row(i), "request_id": f"r{i}", "ids": {"customer_id": f"c{i}"}} for i in range(40)]
+        r = await h.client.post("/predict_batch", json={"rows": rows})
+        assert r.status_code == 200, r.text
+        out = r.json()["predictions"]
+        assert [p["request_id"] for p in out] == [f"r{i}" for i in range(40)]
+        for i, p in enumerate(out):
+            assert p["arm"] == choose_arm(f"c{i}", 0.5, "test").value
+            assert p["model_version"] == scorer_env.versions[p["arm"]]
+        single = await h.client.post("/predict", json={"features": row(3), "ids": {"customer_id": "c3"}})
+        assert single.json()["score"] == pytest.approx(out[3]["score"])  # same arm, same model, same score
+        too_big = await h.client.post("/predict_batch", json={"rows": rows + rows[:11]})
+        assert too_big.status_code == 413
+        dup = await h.client.post("/predict_batch", json={"rows": [rows[0], rows[0]]})
+        assert dup.status_code == 400 and dup.json()["detail"][0]["loc"] == ["rows", 1, "request_id"]
+        bad = await h.client.post("/predict_batch", json={"rows": [rows[0], {"features": {**row(1), "f01": "x"}}]})
+        assert bad.status_code == 400 and bad.json()["detail"][0]["loc"] == ["rows", 1, "features", "f01"]
+    log = predictions(h.predictions_url)
+    assert len(log) == 41 and log["request_id"].is_unique
+
+
+async def test_batch_challenger_failure_falls_back_for_its_rows(
+        scorer_env: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    async with both_arms(monkeypatch) as real:
+        apps = {"http://champion": real["http://champion"], "http://challenger": stub_arm("challenger", "9", status=500)}
+        async with router(monkeypatch, tmp_path, apps, {"challenger_weight": 0.5}) as h:
+            rows = [{"features": row(i), "request_id": f"r{i}", "ids": {"customer_id": f"c{i}"}} for i in range(20)]
+            out = (await h.client.post("/predict_batch", json={"rows": rows})).json()["predictions"]
+    assert {p["arm"] for p in out} == {"champion"}
+    assert [p["fallback"] for p in out] == [choose_arm(f"c{i}", 0.5, "test").value == "challenger" for i in range(20)]
+
+
+async def test_feedback(scorer_env: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    auth = {"Authorization": "Bearer fb-token"}
+    async with both_arms(monkeypatch) as apps, router(monkeypatch, tmp_path, apps) as h:
+        for i in range(3):
+            await h.client.post("/predict", json={"features": row(i), "request_id": f"tx-{i}"})
+        c = h.client
+        assert (await c.post("/feedback", json={"request_id": "tx-0", "label": 1})).status_code == 401
+        assert (await c.post("/feedback", json={"request_id": "tx-0", "label": 1},
+                             headers={"Authorization": "Bearer wrong"})).status_code == 401
+        first = await c.post("/feedback", json={"request_id": "tx-0", "label": 1}, headers=auth)
+        assert first.status_code == 200
+        assert first.json() == {"received": 1, "written": 1, "duplicates": 0, "updated": 0, "unknown": 0,
+                                "unknown_ids": []}
+        again = await c.post("/feedback", json={"request_id": "tx-0", "label": 1}, headers=auth)
+        assert again.json()["written"] == 0 and again.json()["duplicates"] == 1  # idempotent
+        batch = await c.post("/feedback", headers=auth, json={"labels": [
+            {"request_id": "tx-0", "label": 0}, {"request_id": "tx-1", "label": 0},
+            {"request_id": "nobody", "label": 1}]})
+        assert batch.json() == {"received": 3, "written": 3, "duplicates": 0, "updated": 1, "unknown": 1,
+                                "unknown_ids": ["nobody"]}
+        bad: dict[str, Any]
+        for bad in ({"request_id": "tx-2", "label": 2}, {"request_id": "tx-2", "label": True}, {"request_id": "tx-2"},
+                    {"labels": []}, {"request_id": "tx-2", "label": 1, "labels": [{"request_id": "a", "label": 1}]}):
+            r = await c.post("/feedback", json=bad, headers=auth)
+            assert r.status_code == 400, (bad, r.text)
+        metrics = (await c.get("/metrics")).text
+    labels = logs.read_labels(h.labels_url).set_index("request_id")["label"].to_dict()
+    assert labels == {"tx-0": 0, "tx-1": 0, "nobody": 1}
+    raw = logs.read(h.labels_url, ts_column="label_ts")
+    assert len(raw) == 4  # the duplicate was not written again
+    assert 'kingmaker_feedback_unknown_ids_total 1.0' in metrics
+    assert 'kingmaker_auth_failures_total{path="/feedback",reason="missing"} 1.0' in metrics
+
+
+async def test_feedback_is_closed_without_tokens(scorer_env: Registry, monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path: Path) -> None:
+    apps = {"http://champion": stub_arm("champion", "1")}
+    async with router(monkeypatch, tmp_path, apps, challenger_url="", KINGMAKER_FEEDBACK_TOKEN="") as h:
+        r = await h.client.post("/feedback", json={"request_id": "a", "label": 1},
+                                headers={"Authorization": "Bearer anything"})
+        assert r.status_code == 503
+
+
+async def test_weights_reload_without_restart(scorer_env: Registry, monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Path) -> None:
+    apps = {"http://champion": stub_arm("champion", "1"), "http://challenger": stub_arm("challenger", "2")}
+    async with router(monkeypatch, tmp_path, apps, {"challenger_weight": 0.0}) as h:
+        first = await h.client.post("/predict", json={"features": row(1)})
+        assert first.json()["arm"] == "champion"
+        h.config_path.write_text(yaml.safe_dump({"salt": "test", "challenger_weight": 1.0, "mode": "split"}))
+        await asyncio.sleep(1.1)  # the watcher looks at most once a second
+        after = await h.client.post("/predict", json={"features": row(1)})
+        assert after.json()["arm"] == "challenger"
+        h.config_path.write_text("challenger_weight: [broken\n")
+        await asyncio.sleep(1.1)
+        still = await h.client.post("/predict", json={"features": row(1)})
+        assert still.json()["arm"] == "challenger"  # the last good configuration stays
+        routing = (await h.client.post("/routing", json={})).json()
+        assert routing["config"]["challenger_weight"] == 1.0 and "not valid YAML" in routing["config_error"]
+        assert routing["arms"]["challenger"]["model"]["model_version"] == "2"
+        metrics = (await h.client.get("/metrics")).text
+    assert 'kingmaker_router_config_reloads_total{outcome="invalid"} 1.0' in metrics
+
+
+async def test_router_metrics_count_per_arm(scorer_env: Registry, monkeypatch: pytest.MonkeyPatch,
+                                           tmp_path: Path) -> None:
+    apps = {"http://champion": stub_arm("champion", "1"), "http://challenger": stub_arm("challenger", "2")}
+    async with router(monkeypatch, tmp_path, apps, {"challenger_weight": 0.5}) as h:
+        arms = [(await h.client.post("/predict", json={"features": row(i), "request_id": f"m{i}"})).json()["arm"]
+                for i in range(40)]
+        metrics = (await h.client.get("/metrics")).text
+    n = arms.count("challenger")
+    assert f'kingmaker_router_requests_total{{arm="challenger",code="200",mode="split",model_version="2"}} {float(n)}' in metrics
+    assert f'kingmaker_router_routed_total{{arm="champion",mode="split"}} {float(40 - n)}' in metrics
+    assert "kingmaker_router_request_duration_seconds_bucket" in metrics
+    # calls to an arm carry the version it serves: the controller's guardrails read the version under test
+    upstream = 'kingmaker_router_upstream_requests_total{arm="challenger",model_version="2",outcome="ok"}'
+    assert f"{upstream} {float(n)}" in metrics
+    assert 'kingmaker_router_upstream_duration_seconds_count{arm="champion",model_version="1"}' in metrics
+
+
+async def test_readiness_turns_false_on_sigterm_before_the_server_stops(
+        scorer_env: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`Drain` chains onto the server's SIGTERM handler: not ready at once, the server's handler later."""
+    import signal
+
+    from bentos.lifecycle import Drain
+
+    called: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: called.append(signum))
+    try:
+        drain = Drain(delay_s=0.2)
+        assert drain.install()
+        signal.raise_signal(signal.SIGTERM)
+        assert drain.draining and called == []
+        await asyncio.sleep(0.4)
+        assert called == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    apps = {"http://champion": stub_arm("champion", "1")}
+    async with router(monkeypatch, tmp_path, apps, challenger_url="") as h:
+        await wait_ready(h.client)
+
+
+async def test_arms_follow_urls_in_the_config_file(scorer_env: Registry, monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path: Path) -> None:
+    """`kingmaker serve` re-points an arm by starting a new Scorer and writing its URL into router.yaml."""
+    old, new = stub_arm("challenger", "2"), stub_arm("challenger", "3")
+    apps = {"http://champion": stub_arm("champion", "1"), "http://challenger": old, "http://challenger-v3": new}
+    async with router(monkeypatch, tmp_path, apps, {"challenger_weight": 1.0}) as h:
+        assert (await h.client.post("/predict", json={"features": row(1)})).json()["model_version"] == "2"
+        h.config_path.write_text(yaml.safe_dump({"salt": "test", "challenger_weight": 1.0,
+                                                 "challenger_url": "http://challenger-v3"}))
+        await asyncio.sleep(1.1)
+        moved = await h.client.post("/predict", json={"features": row(1)})
+        assert moved.json()["arm"] == "challenger" and moved.json()["model_version"] == "3"
+        for _ in range(50):  # the new arm's signature is fetched in the background
+            routing = (await h.client.post("/routing", json={})).json()
+            if routing["arms"]["challenger"]["model"]:
+                break
+            await asyncio.sleep(0.02)
+        assert routing["arms"]["challenger"]["url"] == "http://challenger-v3"
+        assert routing["arms"]["challenger"]["model"]["model_version"] == "3"
+        h.config_path.write_text(yaml.safe_dump({"salt": "test", "challenger_weight": 1.0, "challenger_url": ""}))
+        await asyncio.sleep(1.1)
+        alone = await h.client.post("/predict", json={"features": row(1)})
+        assert alone.json()["arm"] == "champion" and alone.json()["fallback"] is False
+        assert "challenger" not in (await h.client.post("/routing", json={})).json()["arms"]
+    assert new.state.calls == 1 and old.state.calls == 1

@@ -1,0 +1,126 @@
+"""Local mode: the arms file (the contract with `kingmaker serve`), the router config file, the status file and
+the lock — and a full reconcile with a crash between the alias move and the re-pointing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bentos import config as router_config
+from k8s.act import ControllerMetrics, MlflowRegistry, Ports
+from k8s.controller import Controller
+from k8s.local import LocalLock, LocalServing, LocalStore
+from k8s.resource import Phase
+from k8s.state import Arms, Status
+from kingmaker.errors import TemporaryError
+from kingmaker.roles import Mode
+
+from .conftest import MODEL, T0, Boom, Home, sources, spec, traffic_frame
+
+NOW = T0 + 2500 + 3600 + 120
+
+
+def test_arms_file_layout_and_generation(tmp_path: Path) -> None:
+    serving = LocalServing(tmp_path, MODEL, clock=lambda: T0)
+    assert serving.arms() == (None, 0)
+    assert serving.point(Arms("1", "2")) is True
+    doc = yaml.safe_load((tmp_path / "arms.yaml").read_text())
+    assert doc == {"model_name": MODEL, "generation": 1, "updated": "2026-11-01T00:00:00.000000Z",
+                   "arms": {"champion": {"version": "1", "model_uri": "models:/fraud-detector/1"},
+                            "challenger": {"version": "2", "model_uri": "models:/fraud-detector/2"}}}
+    assert serving.point(Arms("1", "2")) is False  # idempotent: no rewrite, same generation
+    assert serving.point(Arms("2", None)) is True
+    doc = yaml.safe_load((tmp_path / "arms.yaml").read_text())
+    assert doc["generation"] == 2 and doc["arms"]["challenger"] is None
+    assert serving.arms() == (Arms("2", None), 2)
+    assert not list(tmp_path.glob(".*tmp"))  # written atomically
+
+
+def test_router_file_keeps_keys_the_controller_does_not_own(tmp_path: Path) -> None:
+    path = tmp_path / "router.yaml"
+    router_config.dump(router_config.RouterConfig(salt="pepper", routing_field="card_id", challenger_weight=0.3), path)
+    serving = LocalServing(tmp_path, MODEL)
+    assert serving.route(Mode.SPLIT, 0.0) is True
+    cfg = router_config.load(path)  # still valid for the Router's own parser
+    assert (cfg.mode, cfg.challenger_weight, cfg.salt, cfg.routing_field) == (Mode.SPLIT, 0.0, "pepper", "card_id")
+    assert serving.route(Mode.SPLIT, 0.0) is False
+    assert serving.route(Mode.SHADOW, 0.1) is True and router_config.load(path).mode is Mode.SHADOW
+
+
+def test_router_file_is_created_when_missing(tmp_path: Path) -> None:
+    LocalServing(tmp_path / "serving", MODEL).route(Mode.SHADOW, 0.2)
+    cfg = router_config.load(tmp_path / "serving" / "router.yaml")
+    assert (cfg.mode, cfg.challenger_weight) == (Mode.SHADOW, 0.2)
+
+
+def test_status_file_keeps_status_and_approval(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path, spec(), clock=lambda: T0)
+    loaded_spec, status = store.load()
+    assert status == Status() and loaded_spec.approved_challenger_version is None
+    store.save(Status(phase=Phase.EVALUATING, champion_version="1", challenger_version="2", looks=3))
+    store.approve("2")
+    loaded_spec, status = store.load()
+    assert loaded_spec.approved_challenger_version == "2" and status.looks == 3
+    store.save(Status(phase=Phase.PROMOTED, champion_version="2"))
+    assert json.loads((tmp_path / "fraud-detector.json").read_text())["approvedChallengerVersion"] == "2"
+    store.event("Normal", "Promoted", "v2 is the champion")
+    assert store.events() == [{"time": "2026-11-01T00:00:00.000000Z", "type": "Normal", "reason": "Promoted",
+                               "message": "v2 is the champion",
+                               "regarding": {"kind": "ChampionChallenger", "name": "fraud-detector"}}]
+
+
+def test_lock_excludes_a_second_process(tmp_path: Path) -> None:
+    path = tmp_path / "c.lock"
+    with LocalLock(path):
+        code = ("import sys; from pathlib import Path; from k8s.local import LocalLock\n"
+                "from kingmaker.errors import TemporaryError\n"
+                f"try:\n    LocalLock(Path({str(path)!r})).acquire()\nexcept TemporaryError as e:\n"
+                "    print(e); sys.exit(3)\n")
+        other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert other.returncode == 3 and "another controller" in other.stdout
+    lock = LocalLock(path)
+    lock.acquire()  # free again once released
+    assert lock.held
+    with pytest.raises(TemporaryError):
+        LocalLock(path).acquire()  # flock is per open file: a second handle in this process is refused too
+    lock.release()
+
+
+def test_local_promotion_crash_after_alias_move_resumes(home: Home, registry: MlflowRegistry) -> None:
+    preds, labels = traffic_frame(2500, champion="1", challenger="2")
+    home.write(preds, labels)
+    s = spec()
+    arms_path = home.root / "serving" / "arms.yaml"
+
+    class CrashingServing(LocalServing):
+        def point(self, arms: Arms) -> bool:
+            if arms.champion == "2":
+                raise Boom("killed between the alias move and the re-pointing")
+            return super().point(arms)
+
+    store = LocalStore(home.root / "controller", s)
+    crashing = Controller(store, Ports(registry, CrashingServing(home.root / "serving", MODEL), store,
+                                       ControllerMetrics()), sources(home), clock=lambda: NOW)
+    with pytest.raises(Boom):
+        crashing.reconcile()
+    assert registry.aliases()["champion"] == "2"  # the alias moved ...
+    assert yaml.safe_load(arms_path.read_text())["arms"]["champion"]["version"] == "1"  # ... the arms did not
+    assert store.status().phase is Phase.PROMOTING
+
+    store2 = LocalStore(home.root / "controller", s)  # a new process reads the file
+    serving = LocalServing(home.root / "serving", MODEL)
+    result = Controller(store2, Ports(registry, serving, store2, ControllerMetrics()), sources(home),
+                        clock=lambda: NOW + 60).reconcile()
+    assert result.resumed
+    assert registry.aliases() == {"champion": "2", "previous-champion": "1"}
+    assert serving.arms()[0] == Arms("2", None)
+    cfg = router_config.load(serving.router_path)
+    assert (cfg.mode, cfg.challenger_weight) == (Mode.SPLIT, 0.0)
+    status = store2.status()
+    assert status.phase is Phase.PROMOTED and [h["action"] for h in status.history] == ["Promoted"]
+    assert [e["reason"] for e in store2.events()] == ["ChallengerBetter", "Promoted"]

@@ -1,0 +1,237 @@
+"""The win test's statistics, pinned to hand-computed values on tiny inputs and checked by simulation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score
+
+from k8s.sequential import (
+    average_precision,
+    betting_test,
+    block_thresholds,
+    local_odds,
+    log_wealth,
+    marginal_alert_cost,
+    obf_boundary,
+    obf_constant,
+    p_value,
+    pair_blocks,
+    pr_auc_analysis,
+    recall_values,
+    split_ratio,
+    transaction_costs,
+)
+
+# --- betting ---------------------------------------------------------------------------------------
+
+def test_log_wealth_by_hand() -> None:
+    # t=1: no past -> mean 0 -> lambda 0 -> W = 1
+    # t=2: mean 0.5/2 = 0.25, second moment (0.25 + 0.25)/2 = 0.25 -> lambda 1, capped 0.5 -> W = 1.25
+    # t=3: mean 1.0/3, second moment (0.25 + 0.25 + 0.25)/3 = 0.25 -> lambda 4/3, capped 0.5 -> W = 1.25 * 0.9
+    w = np.exp(log_wealth(np.array([0.5, 0.5, -0.2])))
+    assert w == pytest.approx([1.0, 1.25, 1.125], abs=1e-12)
+    assert p_value(np.array([0.5, 0.5, -0.2])) == pytest.approx(0.8, abs=1e-12)  # 1 / max W
+
+
+def test_small_bets_follow_the_running_mean_over_second_moment() -> None:
+    # gains 0.1, 0.1: t=2 mean 0.05, second moment (0.01 + 0.25)/2 = 0.13 -> lambda = 0.05/0.13
+    w = np.exp(log_wealth(np.array([0.1, 0.1])))
+    assert w[1] == pytest.approx(1 + 0.1 * 0.05 / 0.13, abs=1e-12)
+
+
+def test_against_a_shifted_null_the_bet_is_capped_so_wealth_stays_positive() -> None:
+    # null m = -0.5: y = g + 0.5 in [-0.5, 1.5]; the cap is 0.5 / (1 - 0.5) = 1, worst case 1 + 1 * (-0.5) > 0
+    g = np.array([1.0, 1.0, -1.0])
+    w = np.exp(log_wealth(g, null=-0.5))
+    # t=2: y mean 1.5/2 = 0.75, second moment (2.25 + 0.25)/2 = 1.25 -> lambda 0.6 -> W = 1 + 0.6 * 1.5 = 1.9
+    # t=3: y mean 3/3 = 1, second moment (2.25 + 2.25 + 0.25)/3 -> lambda = 3/4.75 (under the cap of 1)
+    lam3 = 3 / 4.75
+    assert w == pytest.approx([1.0, 1.9, 1.9 * (1 + lam3 * -0.5)], abs=1e-12)
+
+
+def test_betting_test_directions_and_interval() -> None:
+    g = np.tile([0.2, 0.0, 0.1, -0.05], 500)  # mean 0.0625
+    r = betting_test(g, 0.05)
+    assert r.better and not r.worse and r.n == 2000 and r.mean == pytest.approx(0.0625)
+    assert 0 < r.lower < 0.0625 < r.upper
+    mirrored = betting_test(-g, 0.05)
+    assert mirrored.worse and not mirrored.better
+    assert (mirrored.lower, mirrored.upper) == pytest.approx((-r.upper, -r.lower), abs=1e-9)
+    assert betting_test(np.zeros(100), 0.05).p_better == 1.0
+    assert betting_test(np.array([]), 0.05).n == 0
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        betting_test(np.array([1.5]), 0.05)
+
+
+def test_a_true_null_is_rejected_at_most_alpha_of_the_time_however_long_we_watch() -> None:
+    """iid gains with mean exactly 0, watched after every observation for 3,000 steps."""
+    rng = np.random.default_rng(7)
+    g = rng.choice([-1.0, -0.05, 0.0, 0.05, 1.0], p=[0.01, 0.02, 0.94, 0.02, 0.01], size=(1000, 3000))
+    ever = (np.max(log_wealth(g), axis=1) >= math.log(20)).mean()
+    assert ever <= 0.05
+
+
+def test_the_confidence_sequence_covers_the_mean_uniformly_in_time() -> None:
+    rng = np.random.default_rng(3)
+    g = rng.choice([-1.0, 0.0, 1.0], p=[0.1, 0.75, 0.15], size=(400, 3000))  # mean 0.05
+    missed_low = np.max(log_wealth(g, 0.05), axis=1) >= math.log(20)
+    missed_high = np.max(log_wealth(-g, -0.05), axis=1) >= math.log(20)
+    assert (missed_low | missed_high).mean() <= 0.10  # a (1 - 2 alpha) sequence
+
+
+def test_a_real_difference_is_found() -> None:
+    rng = np.random.default_rng(4)
+    g = rng.choice([-1.0, 0.0, 1.0], p=[0.04, 0.9, 0.06], size=(200, 5000))  # mean 0.02, sd 0.32
+    assert (np.max(log_wealth(g), axis=1) >= math.log(20)).mean() >= 0.8
+
+
+# --- matched operating point --------------------------------------------------------------------
+
+def test_block_thresholds_by_hand() -> None:
+    s = np.array([0.1, 0.9, 0.5, 0.3, 0.8, 0.2, 0.7, 0.4, 0.6, 0.05])
+    tau = block_thresholds(s, 0.25, block=4)
+    # block 0: warm-up; block 1: k = round(0.25 * 4) = 1 -> largest of rows 0-3 = 0.9;
+    # block 2: k = round(0.25 * 8) = 2 -> 2nd largest of rows 0-7 = 0.8
+    assert tau.tolist() == [math.inf] * 4 + [0.9] * 4 + [0.8] * 2
+
+
+def test_block_thresholds_count_only_selected_rows() -> None:
+    s = np.array([0.9, 0.1, 0.2, 0.3, 0.5, 0.6])
+    legit = np.array([False, True, True, True, True, True])
+    tau = block_thresholds(s, 0.5, counted=legit, block=2)
+    # block 1: legit scores [0.1] -> k = round(0.5) = 0 -> 1 -> 0.1; block 2: [0.1, 0.2, 0.3] -> k = 2 -> 0.2
+    assert tau.tolist() == [math.inf, math.inf, 0.1, 0.1, 0.2, 0.2]
+    none_counted = block_thresholds(s, 0.5, counted=np.zeros(6, dtype=bool), block=2)
+    assert np.isinf(none_counted).all()
+
+
+def test_block_thresholds_match_a_naive_prefix_sort_for_many_runs() -> None:
+    rng = np.random.default_rng(1)
+    s = rng.random((5, 2300))
+    counted = rng.random((5, 2300)) < 0.9
+    fast = block_thresholds(s, 0.03, counted=counted, block=500)
+    for r in range(5):
+        for i in range(500, 2300):
+            earlier = s[r, : (i // 500) * 500][counted[r, : (i // 500) * 500]]
+            k = max(1, round(0.03 * earlier.size))
+            assert fast[r, i] == np.sort(earlier)[::-1][k - 1]
+
+
+def test_recall_values_by_hand() -> None:
+    s = np.array([0.9, 0.1, 0.5, 0.3, 0.8, 0.2, 0.7, 0.4, 0.6, 0.05])
+    y = np.array([1, 0, 0, 0, 0, 1, 0, 0, 0, 0], dtype=bool)
+    # block 1: legitimate scores so far 0.1, 0.5, 0.3 -> FPR 0.25 threshold (k=1) 0.5; band between the
+    #   thresholds for FPR 0.5 (k=2: 0.3) and 0.125 (k=1: 0.5) holds 0.3 (legitimate) -> odds 0.5/2
+    # block 2: legitimate 0.1 0.5 0.3 0.8 0.7 0.4 -> threshold (k=2) 0.7; band [0.5 (k=3), 0.8 (k=1))
+    #   holds 0.5 and 0.7 -> odds 0.5/3
+    assert local_odds(s, y, 0.25, block=4).tolist() == pytest.approx([0] * 4 + [0.25] * 4 + [1 / 6] * 2)
+    values, tested, flagged = recall_values(s, y, fpr=0.25, block=4)
+    assert flagged.tolist() == [False] * 4 + [True, False, True, False] + [False, False]
+    assert tested.tolist() == [False] * 4 + [True] * 6
+    # legitimate: -odds * (flagged - 0.25); fraud: flagged
+    assert values.tolist() == pytest.approx([0, 0, 0, 0, -0.1875, 0.0, -0.1875, 0.0625, 1 / 24, 1 / 24])
+
+
+def test_transaction_costs() -> None:
+    alerts = np.array([True, True, False, False])
+    labels = np.array([1, 0, 1, 0])
+    missed = np.array([7.0, 7.0, 250.0, 7.0])
+    assert transaction_costs(alerts, labels, missed, 5.0).tolist() == [5.0, 5.0, 250.0, 0.0]
+
+
+@pytest.mark.parametrize(("weight", "ratio"), [(0.1, (9, 1)), (0.2, (4, 1)), (0.5, (1, 1)), (0.8, (1, 4)),
+                                               (0.3, (2, 1))])
+def test_split_ratio(weight: float, ratio: tuple[int, int]) -> None:
+    assert split_ratio(weight) == ratio
+
+
+def test_split_ratio_rejects_no_split() -> None:
+    with pytest.raises(ValueError, match="in \\(0, 1\\)"):
+        split_ratio(0.0)
+
+
+def test_pair_blocks_by_hand() -> None:
+    champion = np.array([[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]])
+    challenger = np.array([[10.0, 20.0, 30.0]])
+    a, b = pair_blocks(champion, challenger, (3, 1))
+    assert a.tolist() == [[2.0, 5.0]] and b.tolist() == [[10.0, 20.0]]  # 7 champion rows -> 2 full blocks
+
+
+# --- PR-AUC plan -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("analyses", "constant"), [(1, 1.960), (2, 1.977), (3, 2.004), (4, 2.024), (5, 2.040),
+                                                    (10, 2.087)])
+def test_obrien_fleming_constants_match_the_published_table(analyses: int, constant: float) -> None:
+    """Jennison & Turnbull (2000), Table 2.3: C_B(K, alpha = 0.05 two-sided) = one-sided 0.025."""
+    assert obf_constant(0.025, analyses) == pytest.approx(constant, abs=1.5e-3)
+
+
+def test_obrien_fleming_boundaries_spend_alpha_by_simulation() -> None:
+    rng = np.random.default_rng(11)
+    walks = np.cumsum(rng.standard_normal((200_000, 5)), axis=1)
+    z = walks / np.sqrt(np.arange(1, 6))
+    crossed = (z >= np.array([obf_boundary(0.05, 5, k) for k in range(1, 6)])).any(axis=1).mean()
+    assert crossed == pytest.approx(0.05, abs=0.003)
+    assert obf_boundary(0.05, 5, 5) < obf_boundary(0.05, 5, 1)
+
+
+def test_average_precision_matches_scikit_learn_with_ties() -> None:
+    rng = np.random.default_rng(0)
+    s = np.round(rng.random((4, 300)), 1)  # heavy ties
+    y = rng.random((4, 300)) < 0.1
+    ours = average_precision(s, y)
+    assert ours == pytest.approx([average_precision_score(y[i], s[i]) for i in range(4)], abs=1e-12)
+    assert average_precision(np.array([0.9, 0.8, 0.1]), np.array([1, 0, 1])) == pytest.approx((1 + 2 / 3) / 2)
+    assert np.isnan(average_precision(np.array([0.1, 0.2]), np.array([0, 0]))[0])
+
+
+def test_pr_auc_analysis_is_deterministic_and_signed() -> None:
+    rng = np.random.default_rng(2)
+    y = (rng.random(3000) < 0.05).astype(float)
+    a = y * 1.0 + rng.standard_normal(3000)
+    b = y * 2.0 + rng.standard_normal(3000)
+    first = pr_auc_analysis((a, y), (b, y), paired=True, alpha=0.05, analysis=3, analyses=5)
+    again = pr_auc_analysis((a, y), (b, y), paired=True, alpha=0.05, analysis=3, analyses=5)
+    assert first == again
+    assert first.challenger > first.champion and first.z > 0 and first.better
+    assert first.boundary == pytest.approx(obf_boundary(0.05, 5, 3))
+
+
+def _naive_band_estimates(s: np.ndarray, y: np.ndarray, m: np.ndarray, rate: float, block: int,
+                          counted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Straight from the definitions: per block, loop over every earlier row."""
+    n = s.size
+    saved = np.zeros(n)
+    rows = np.zeros(n)
+    frauds = np.zeros(n)
+    legit = np.zeros(n)
+    for j in range(1, -(-n // block)):
+        earlier = np.arange(j * block)
+        pool = np.sort(s[earlier][counted[earlier]])[::-1]
+        lo = pool[max(1, round(min(0.5, 2 * rate) * pool.size)) - 1]
+        hi = pool[max(1, round(rate / 2 * pool.size)) - 1]
+        band = earlier[(s[earlier] >= lo) & (s[earlier] < hi)]
+        block_rows = slice(j * block, (j + 1) * block)
+        saved[block_rows] = (m[band] * y[band]).sum()
+        rows[block_rows] = band.size
+        frauds[block_rows] = y[band].sum()
+        legit[block_rows] = (~y[band]).sum()
+    return saved / (rows + 1.0), np.clip((frauds + 0.5) / (legit + 1.0), 0, 1)
+
+
+def test_band_estimates_match_their_definitions() -> None:
+    rng = np.random.default_rng(9)
+    y = rng.random((3, 2600)) < 0.05
+    s = rng.standard_normal((3, 2600)) + 2.0 * y
+    m = rng.lognormal(3, 1, (3, 2600))
+    kappa = marginal_alert_cost(s, y, m, alert_rate=0.03, review_cost=5.0, block=500)
+    odds = local_odds(s, y, 0.02, block=500)
+    for r in range(3):
+        saved, _ = _naive_band_estimates(s[r], y[r], m[r], 0.03, 500, np.ones(2600, dtype=bool))
+        _, naive_odds = _naive_band_estimates(s[r], y[r], m[r], 0.02, 500, ~y[r])
+        assert kappa[r, 500:] == pytest.approx(5.0 - saved[500:], abs=1e-9)
+        assert odds[r, 500:] == pytest.approx(naive_odds[500:], abs=1e-12)
+    assert (kappa[:, :500] == 5.0).all() and (odds[:, :500] == 0.0).all()
