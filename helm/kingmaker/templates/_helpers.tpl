@@ -192,6 +192,37 @@ affinity:
 {{- end }}
 {{- end }}
 
+{{/*
+What the Router and Scorer containers share: port http (3000, BentoML's), probes on /livez and
+/readyz, a preStop sleep so endpoints drain before SIGTERM (the services' own KINGMAKER_DRAIN_SECONDS
+stays 0), resources and the hardened security context. Argument: (list $ componentValues startupSeconds).
+*/}}
+{{- define "kingmaker.servingContainer" -}}
+{{- $v := index . 1 -}}
+ports:
+  - name: http
+    containerPort: 3000
+startupProbe:
+  httpGet: {path: /livez, port: http}
+  periodSeconds: 5
+  failureThreshold: {{ div (index . 2) 5 | max 1 }}
+readinessProbe:
+  httpGet: {path: /readyz, port: http}
+  periodSeconds: 5
+  failureThreshold: 2
+livenessProbe:
+  httpGet: {path: /livez, port: http}
+  periodSeconds: 10
+  failureThreshold: 3
+lifecycle:
+  preStop:
+    sleep:
+      seconds: {{ $v.drainSeconds }}
+resources:
+  {{- toYaml $v.resources | nindent 2 }}
+{{ include "kingmaker.containerSecurityContext" (index . 0) }}
+{{- end }}
+
 {{/* A writable /tmp: every root filesystem is read-only. */}}
 {{- define "kingmaker.tmpVolume" -}}
 - name: tmp
