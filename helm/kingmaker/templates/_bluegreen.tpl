@@ -32,9 +32,10 @@ when the API server answered the list (an online list is never empty: it has kin
 
 {{/*
 What one arm serves, as YAML {uri, version}: (list $ live arm colour). The controller pins versions
-by patching KINGMAKER_MODEL_URI and the kingmaker.io/model-version annotation; an upgrade carries the
-pin over from the live Deployment of the same colour, else of the other colour (a new colour starts
-on the versions the live one serves), else the alias (models:/<model>@<alias>) of a first install.
+by patching KINGMAKER_MODEL_URI (models:/<model>/<version>) and the kingmaker.io/model-version
+annotation; an upgrade carries a pin over from the live Deployment of the same colour, else of the
+other colour (a new colour starts on the versions the live one serves), else it renders the alias
+(models:/<model>@<alias>, as on a first install). Only pins of the configured model are carried over.
 So `helm upgrade` never undoes a promotion and never fights the controller over the field.
 */}}
 {{- define "kingmaker.armModel" -}}
@@ -47,7 +48,7 @@ So `helm upgrade` never undoes a promotion and never fights the controller over 
 {{- range $container := $d.spec.template.spec.containers }}
 {{- if eq $container.name "scorer" }}
 {{- range $e := ($container.env | default list) }}
-{{- if and (eq $e.name "KINGMAKER_MODEL_URI") $e.value }}
+{{- if and (eq $e.name "KINGMAKER_MODEL_URI") (hasPrefix (printf "models:/%s/" $ctx.Values.model.name) ($e.value | default "")) }}
 {{- $found = true }}
 {{- $model = dict "uri" $e.value "version" (dig "metadata" "annotations" "kingmaker.io/model-version" "" $d.spec.template) }}
 {{- end }}

@@ -1,5 +1,5 @@
-"""One source of truth: the chart's CRD and monitoring copies and the plain manifests (k8s/rbac.yaml,
-k8s/manifests, k8s/kustomization.yaml) are what .ci/manifests generates from their sources."""
+"""One source of truth: the chart's CRD and monitoring copies, its values table (README.md) and the plain
+manifests (k8s/rbac.yaml, k8s/manifests, k8s/kustomization.yaml) are what .ci/manifests generates."""
 
 from __future__ import annotations
 
@@ -47,10 +47,12 @@ def test_a_changed_source_makes_the_check_fail_until_regenerated(repo: Path) -> 
     (repo / "monitoring" / "rules" / "extra_test.yaml").write_text("rule_files: [extra.yaml]\ntests: []\n")
     template = repo / "helm" / "kingmaker" / "templates" / "controller-role.yaml"
     template.write_text(template.read_text().replace("verbs: [get, list, patch]", "verbs: [get, list, patch, delete]"))
+    schema = repo / "helm" / "kingmaker" / "values.schema.json"
+    schema.write_text(schema.read_text().replace("MLflow registered model name", "MLflow registered model"))
     proc = generate(repo, "--check")
     assert proc.returncode == 1
     for stale in ("helm/kingmaker/crds/championchallenger.yaml", "helm/kingmaker/files/monitoring/rules/extra.yaml",
-                  "k8s/rbac.yaml"):
+                  "k8s/rbac.yaml", "helm/kingmaker/README.md"):
         assert stale in proc.stderr
     assert "extra_test.yaml" not in proc.stderr  # promtool test files are not rule files
     assert generate(repo).returncode == 0
