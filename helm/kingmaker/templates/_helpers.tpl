@@ -176,6 +176,25 @@ envFrom:
 {{- end }}
 {{- end }}
 
+{{/*
+Pod-template annotations: the settings checksum (a changed settings ConfigMap rolls the pods, which read
+it as environment at start; the hot-reloaded router ConfigMap is deliberately not in it), extra ones
+from the component's values. Argument: (list $ podAnnotations [extra map]).
+*/}}
+{{- define "kingmaker.podAnnotations" -}}
+{{- $ctx := index . 0 -}}
+annotations:
+  kingmaker.io/settings-checksum: {{ include (print $ctx.Template.BasePath "/settings-configmap.yaml") $ctx | sha256sum | trunc 16 }}
+  {{- range $key, $value := (index . 1) }}
+  {{ $key }}: {{ $value | quote }}
+  {{- end }}
+  {{- if gt (len .) 2 }}
+  {{- range $key, $value := (index . 2) }}
+  {{ $key }}: {{ $value | quote }}
+  {{- end }}
+  {{- end }}
+{{- end }}
+
 {{/* Scheduling keys of a component's values. */}}
 {{- define "kingmaker.scheduling" -}}
 {{- with .nodeSelector }}

@@ -139,3 +139,18 @@ def test_staging_a_new_release_on_one_colour_leaves_the_other_untouched() -> Non
     after = render(BLUE_GREEN, sets=["green.image.tag=0.3.0", "images.tag=0.3.0", "activeColor=blue"])
     assert _pod_templates(before, "blue") == _pod_templates(after, "blue")  # no restart of the live colour
     assert _pod_templates(before, "green") != _pod_templates(after, "green")
+
+
+def test_a_settings_change_rolls_the_pods_and_a_traffic_change_does_not() -> None:
+    base = render(BLUE_GREEN)
+    settings = render(BLUE_GREEN, sets=["mlflow.trackingUri=http://other:5000"])
+    traffic = render(BLUE_GREEN, sets=["router.config.salt=new-split"])  # hot-reloaded by the Routers
+
+    def checksums(docs: list[Doc]) -> dict[str, str]:
+        workloads = [d for d in docs if d.kind in ("Deployment", "CronJob")]
+        return {d.name: d.obj["spec"].get("jobTemplate", d.obj)["spec"]["template"]["metadata"]["annotations"][
+            "kingmaker.io/settings-checksum"] for d in workloads}
+
+    changed = {n for n, c in checksums(settings).items() if c != checksums(base)[n]}
+    assert changed == set(checksums(base)) and len(changed) == 8  # 2 colours x 3, controller, drift
+    assert checksums(traffic) == checksums(base)
