@@ -377,7 +377,7 @@ class ControlPlane:
         log_file = log.open("ab")
         proc = subprocess.Popen([str(self.bin_dir / name), *args], stdin=subprocess.DEVNULL, stdout=log_file,
                                 stderr=subprocess.STDOUT, cwd=self._workdir, start_new_session=True,
-                                preexec_fn=_die_with_parent,  # noqa: PLW1509 (only a prctl call)
+                                preexec_fn=_die_with_parent,
                                 env={**os.environ, **(env or {})})
         self._components.append(_Component(name, proc, log, log_file))
 

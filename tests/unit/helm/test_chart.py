@@ -139,7 +139,7 @@ def test_the_values_schema_is_strict_and_self_contained() -> None:
 
     walk(schema, "")
     assert refs and all(r.startswith("#/$defs/") for r in refs), "no remote $ref (Helm v4 would fetch it)"
-    assert all(v.get("description") or "$ref" in v for v in schema["properties"].values() if v.get("type") != "object") 
+    assert all(v.get("description") or "$ref" in v for v in schema["properties"].values() if v.get("type") != "object")
 
 
 def test_the_chart_declares_the_kubernetes_it_needs() -> None:
