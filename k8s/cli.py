@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from k8s.controller import Controller
     from k8s.decide import Decision
+    from k8s.observe import Sources
     from k8s.state import Spec, Status
 
 ENV_PROMETHEUS = "KINGMAKER_PROMETHEUS_URL"
@@ -94,25 +95,28 @@ def _spec(args: argparse.Namespace, model_name: str) -> Spec:
     return replace(spec, name=args.name) if args.name else spec
 
 
-def _sources(args: argparse.Namespace, home: Path) -> Any:
-    from k8s import observe as ob
+def _sources(args: argparse.Namespace, home: Path) -> Sources:
+    from k8s.observe import DriftSource, GuardrailSource, Sources
+    from k8s.sources.drift import FileDrift, NoDrift, PrometheusDrift
+    from k8s.sources.logs import LogWindows
+    from k8s.sources.prometheus import GuardrailQueries, NoGuardrails, PrometheusAPI, PrometheusGuardrails
     from kingmaker.settings import LogSettings
 
     logs = LogSettings.from_env(home)
     url = args.prometheus_url or os.environ.get(ENV_PROMETHEUS)
-    prometheus = ob.PrometheusAPI(url, timeout=args.prometheus_timeout) if url else None
-    guardrails: Any = (ob.PrometheusGuardrails(prometheus, ob.GuardrailQueries(args.guardrail_window,
-                                                                                args.prometheus_selector))
-                       if prometheus else ob.NoGuardrails())
+    prometheus = PrometheusAPI(url, timeout=args.prometheus_timeout) if url else None
+    guardrails: GuardrailSource = (
+        PrometheusGuardrails(prometheus, GuardrailQueries(args.guardrail_window, args.prometheus_selector))
+        if prometheus else NoGuardrails())
     max_age = args.drift_max_age_hours * 3600.0
-    drift: Any
+    drift: DriftSource
     if args.drift_from_prometheus:
-        drift = ob.PrometheusDrift(prometheus, max_age_seconds=max_age, selector=args.prometheus_selector) \
-            if prometheus else ob.NoDrift()
+        drift = PrometheusDrift(prometheus, max_age_seconds=max_age, selector=args.prometheus_selector) \
+            if prometheus else NoDrift()
     else:
         folder = args.drift_dir or (Path(os.environ[ENV_DRIFT_DIR]) if os.environ.get(ENV_DRIFT_DIR) else home / "drift")
-        drift = ob.FileDrift(folder, max_age)
-    return ob.Sources(ob.LogWindows(logs.predictions_url, logs.labels_url), guardrails, drift)
+        drift = FileDrift(folder, max_age)
+    return Sources(LogWindows(logs.predictions_url, logs.labels_url), guardrails, drift)
 
 
 def _start_metrics(port: int | None, metrics: Any) -> None:
@@ -219,9 +223,10 @@ def _approvable(controller: Controller, spec: Spec, status: Status) -> str | Non
 def _local(args: argparse.Namespace) -> int:
     import threading
 
-    from k8s.act import ControllerMetrics, MlflowRegistry, Ports
+    from k8s.act import ControllerMetrics, Ports
     from k8s.controller import Controller, loop
     from k8s.local import LocalLock, LocalServing, LocalStore
+    from k8s.sources.registry import MlflowRegistry
     from kingmaker.errors import TemporaryError
     from kingmaker.settings import MlflowSettings, default_home
 
@@ -298,9 +303,11 @@ def _kubernetes(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from k8s.act import ControllerMetrics, MlflowRegistry, Ports
+    from k8s.act import ControllerMetrics, Ports
     from k8s.controller import Controller, operate
-    from k8s.kube import Kube, KubeResource, KubeServing, LeaseElector, ServingNames, default_identity
+    from k8s.kube import Kube, KubeResource, KubeServing, ServingNames
+    from k8s.lease import LeaseElector, default_identity
+    from k8s.sources.registry import MlflowRegistry
     from k8s.state import parse_spec
     from kingmaker.settings import MlflowSettings, default_home
 

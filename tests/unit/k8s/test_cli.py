@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 import yaml
 
-from k8s.act import MlflowRegistry
+from k8s.sources.registry import MlflowRegistry
 from kingmaker.cli import main
 
 from .conftest import Home, query_api, traffic_frame
-from .test_drift_file import drift_result
+from .sources.test_drift import drift_result
 
 
 @pytest.fixture

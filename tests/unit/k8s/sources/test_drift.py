@@ -12,12 +12,12 @@ import pytest
 from drift_service.analysis import ArmReference, Policy, Window, analyse
 from drift_service.document import Context
 from drift_service.job import write
-from k8s.observe import FileDrift
+from k8s.sources.drift import FileDrift
 from k8s.state import Pair
 from kingmaker import reference
 from kingmaker.roles import Arm
 
-from .conftest import MODEL, traffic_frame
+from ..conftest import MODEL, traffic_frame
 
 CREATED = datetime(2026, 11, 2, tzinfo=UTC)
 

@@ -10,7 +10,8 @@ import pytest
 
 from k8s.act import LostLeadership
 from k8s.controller import operate
-from k8s.kube import Kube, LeaseElector
+from k8s.kube import Kube
+from k8s.lease import LeaseElector
 from kingmaker.errors import PermanentError
 
 from .fake_kube import NS, FakeApiServer
