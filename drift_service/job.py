@@ -13,7 +13,6 @@ only moves when everything else worked.
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 import time
@@ -24,8 +23,10 @@ from typing import TYPE_CHECKING
 
 from drift_service import window as window_loader
 from drift_service.analysis import ArmReference, DriftResult, Policy, Window, analyse
-from drift_service.document import Context, mlflow_metrics, to_document
+from drift_service.document import mlflow_metrics, to_document
 from drift_service.pushgateway import DEFAULT_JOB
+from kingmaker import drift_result
+from kingmaker.drift_result import Context
 from kingmaker.errors import PermanentError
 from kingmaker.logs import now
 from kingmaker.reference import Reference
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-JSON_FILE = "drift.json"
 HTML_FILE = "report.html"
 
 
@@ -172,9 +172,8 @@ def write(result: DriftResult, context: Context, folder: Path) -> tuple[Path, Pa
     """``drift.json`` and the self-contained ``report.html`` in ``folder``."""
     from drift_service import report
 
-    folder.mkdir(parents=True, exist_ok=True)
-    json_path, html_path = folder / JSON_FILE, folder / HTML_FILE
-    json_path.write_text(json.dumps(to_document(result, context), indent=1, allow_nan=False))
+    json_path = drift_result.write(to_document(result, context), folder)
+    html_path = folder / HTML_FILE
     html_path.write_text(report.render(result, context), encoding="utf-8")
     return json_path, html_path
 

@@ -7,87 +7,69 @@ while fresh; otherwise it is missing, which blocks a promotion.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from k8s.decide import DriftSummary
 from k8s.sources.prometheus import Querier, selector
 from k8s.state import Pair
+from kingmaker import drift_result
 from kingmaker.catalog import CATALOG
-from kingmaker.errors import KingmakerError
+from kingmaker.drift_result import DriftDocument
+from kingmaker.errors import KingmakerError, PermanentError
 
 log = logging.getLogger(__name__)
-
-
-def _iso_unix(text: Any) -> float | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 def _fresh(computed_at: float | None, now: float, max_age: float | None) -> bool:
     return computed_at is not None and (max_age is None or now - computed_at <= max_age)
 
 
-def summary_from_document(doc: Mapping[str, Any], pair: Pair, now: float,
-                          max_age_seconds: float | None) -> DriftSummary:
-    """A ``drift.json`` document (`drift_service.document`, format 1) -> `DriftSummary` for ``pair``.
+def summary(doc: DriftDocument, pair: Pair, now: float, max_age_seconds: float | None) -> DriftSummary:
+    """A drift result (`kingmaker.drift_result`) -> `DriftSummary` for ``pair``.
 
     The score PSI counts only when the document compared exactly this champion and challenger and is not
     older than ``max_age_seconds``; otherwise it is None (missing), which blocks a promotion.
     """
-    context = doc.get("context") or {}
-    computed_at = _iso_unix(context.get("created"))
-    features = tuple(str(f) for f in doc.get("drifted_features") or ())
-    arms = doc.get("arms") or {}
-    psi_doc = arms.get("psi") or {}
-    psi = psi_doc.get("score")
-    same_pair = (str(arms.get("champion_version")), str(arms.get("challenger_version"))) == \
-        (pair.champion, str(pair.challenger))
-    usable = isinstance(psi, (int, float)) and math.isfinite(psi) and same_pair \
-        and _fresh(computed_at, now, max_age_seconds)
-    return DriftSummary(score_psi=float(psi) if usable and psi is not None else None, drifted_features=features, computed_at=computed_at)
+    computed_at = doc.context.created.timestamp()
+    arms = doc.arms
+    same_pair = arms is not None and (arms.champion_version, arms.challenger_version) == (pair.champion, pair.challenger)
+    psi = doc.score_psi
+    usable = psi is not None and same_pair and _fresh(computed_at, now, max_age_seconds)
+    return DriftSummary(score_psi=psi if usable else None, drifted_features=doc.drifted_features,
+                        computed_at=computed_at)
 
 
 @dataclass(frozen=True)
 class FileDrift:
-    """The newest ``drift.json`` in ``folder`` or its sub-folders (the job writes one folder per run)."""
+    """The newest ``drift.json`` in ``folder`` or its sub-folders (by default the job writes one folder per run).
+
+    A file that cannot be read — half written, not JSON, or of a drift result format this code does not
+    know (`kingmaker.drift_result.from_json` says which) — is skipped with a warning; newest is by the
+    document's ``context.created``.
+    """
 
     folder: Path
     max_age_seconds: float | None = 2 * 24 * 3600.0
 
-    def _documents(self) -> list[tuple[float, Path, dict[str, Any]]]:
+    def _documents(self) -> list[tuple[DriftDocument, Path]]:
         found = []
-        for path in [self.folder / "drift.json", *self.folder.glob("*/drift.json")]:
+        for path in [self.folder / drift_result.FILE_NAME, *self.folder.glob(f"*/{drift_result.FILE_NAME}")]:
+            if not path.is_file():
+                continue
             try:
-                doc = json.loads(path.read_text())
-            except FileNotFoundError:
-                continue
-            except (OSError, ValueError) as exc:
-                log.warning("ignoring unreadable drift result %s: %s", path, exc)
-                continue
-            if not isinstance(doc, dict):
-                continue
-            ctx = doc.get("context") or {}
-            when = _iso_unix(ctx.get("created")) or path.stat().st_mtime
-            found.append((when, path, doc))
-        return sorted(found, key=lambda item: (item[0], str(item[1])))
+                found.append((drift_result.read(path), path))
+            except PermanentError as exc:
+                log.warning("ignoring drift result: %s", exc)
+        return sorted(found, key=lambda item: (item[0].context.created.timestamp(), str(item[1])))
 
     def latest(self, pair: Pair, now: float) -> DriftSummary | None:
         docs = self._documents()
         if not docs:
             return None
-        _, path, doc = docs[-1]
-        result = summary_from_document(doc, pair, now, self.max_age_seconds)
+        doc, path = docs[-1]
+        result = summary(doc, pair, now, self.max_age_seconds)
         if result.score_psi is None:
             log.info("drift result %s gives no score PSI for champion %s / challenger %s (other pair, stale "
                      "or too few rows)", path, pair.champion, pair.challenger)
