@@ -25,7 +25,7 @@ from drift_service import window as window_loader
 from drift_service.analysis import ArmReference, DriftResult, Policy, Window, analyse
 from drift_service.document import mlflow_metrics, to_document
 from drift_service.pushgateway import DEFAULT_JOB
-from kingmaker import drift_result
+from kingmaker import drift_result, mlflow_errors
 from kingmaker.drift_result import Context
 from kingmaker.errors import PermanentError
 from kingmaker.logs import now
@@ -130,13 +130,11 @@ def run(settings: DriftSettings) -> Outcome:
 def _client(settings: DriftSettings) -> MlflowClient | None:
     if not settings.needs_mlflow:
         return None
-    from drift_service import tracking
-
     store = Path(settings.mlflow.tracking_uri.removeprefix("sqlite:///"))
     if settings.reference_dir is None and settings.mlflow.is_local_sqlite and not store.exists():
         raise PermanentError(f"no reference: there is no MLflow store at {store} yet (train and register "
                              "a model first: kingmaker train)")
-    tracking.check_reachable(settings.mlflow.tracking_uri)
+    mlflow_errors.check_reachable(settings.mlflow.tracking_uri)
     return settings.mlflow.client()
 
 

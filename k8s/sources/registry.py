@@ -2,6 +2,8 @@
 
 Reads which versions the aliases point at (`k8s.act.current_pair`) and carries out a swap's alias moves
 and version tags, through an explicit `MlflowClient` (from `kingmaker.settings.MlflowSettings.client`).
+Failures are mapped by `kingmaker.mlflow_errors`: a missing model or version is permanent, the rest
+temporary.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from kingmaker.errors import PermanentError, TemporaryError
+from kingmaker.mlflow_errors import translated
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -26,20 +28,11 @@ class MlflowRegistry:
         self.model_name = model_name
 
     def _call(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
-        from mlflow.exceptions import MlflowException
-
-        try:
+        with translated(f"{what} of {self.model_name}"):
             return fn(*args)
-        except MlflowException as exc:
-            code = getattr(exc, "error_code", "")
-            if code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-                raise PermanentError(f"MLflow: {what} failed: {exc.message}") from exc
-            raise TemporaryError(f"MLflow: {what} failed: {exc.message}") from exc
-        except OSError as exc:
-            raise TemporaryError(f"MLflow: {what} failed: {exc}") from exc
 
     def aliases(self) -> dict[str, str]:
-        model = self._call(f"reading {self.model_name}", self.client.get_registered_model, self.model_name)
+        model = self._call("reading the aliases", self.client.get_registered_model, self.model_name)
         return {str(k): str(v) for k, v in (model.aliases or {}).items()}
 
     def set_alias(self, alias: str, version: str) -> None:
