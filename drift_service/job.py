@@ -46,7 +46,7 @@ def _doc(text: str) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
-class DriftSettings:
+class JobSettings:
     """Everything one run of the drift job needs, read once at the entry point."""
 
     predictions_url: str = field(metadata=_doc("prediction log dataset (folder or fsspec URL)"))
@@ -94,7 +94,7 @@ class _References:
     source: str
 
 
-def _references(settings: DriftSettings, client: MlflowClient | None, tmp: Path) -> _References:
+def _references(settings: JobSettings, client: MlflowClient | None, tmp: Path) -> _References:
     from drift_service import tracking
 
     if settings.reference_dir is not None:
@@ -113,7 +113,7 @@ def _references(settings: DriftSettings, client: MlflowClient | None, tmp: Path)
     return _References(champ.reference, tuple(arms), source)
 
 
-def run(settings: DriftSettings) -> Outcome:
+def run(settings: JobSettings) -> Outcome:
     """One drift run; raises `KingmakerError` (one line) when it cannot complete."""
     started = time.monotonic()
     until = settings.until or now()
@@ -127,7 +127,7 @@ def run(settings: DriftSettings) -> Outcome:
     return _act(settings, client, result, context, started)
 
 
-def _client(settings: DriftSettings) -> MlflowClient | None:
+def _client(settings: JobSettings) -> MlflowClient | None:
     if not settings.needs_mlflow:
         return None
     store = Path(settings.mlflow.tracking_uri.removeprefix("sqlite:///"))
@@ -138,7 +138,7 @@ def _client(settings: DriftSettings) -> MlflowClient | None:
     return settings.mlflow.client()
 
 
-def _observe(settings: DriftSettings, client: MlflowClient | None, until: datetime) -> tuple[_References, Window]:
+def _observe(settings: JobSettings, client: MlflowClient | None, until: datetime) -> tuple[_References, Window]:
     with tempfile.TemporaryDirectory(prefix="kingmaker-drift-") as tmp:
         refs = _references(settings, client, Path(tmp))
     window = window_loader.load(settings.predictions_url, refs.champion.features, until=until,
@@ -147,7 +147,7 @@ def _observe(settings: DriftSettings, client: MlflowClient | None, until: dateti
     return refs, window
 
 
-def _act(settings: DriftSettings, client: MlflowClient | None, result: DriftResult, context: Context,
+def _act(settings: JobSettings, client: MlflowClient | None, result: DriftResult, context: Context,
          started: float) -> Outcome:
     """Files, then the MLflow run, then the Pushgateway (last: its timestamp means "all went well")."""
     json_path, html_path = write(result, context, settings.output_dir)
@@ -176,7 +176,7 @@ def write(result: DriftResult, context: Context, folder: Path) -> tuple[Path, Pa
     return json_path, html_path
 
 
-def _log_run(client: MlflowClient, settings: DriftSettings, result: DriftResult, context: Context,
+def _log_run(client: MlflowClient, settings: JobSettings, result: DriftResult, context: Context,
              files: list[Path]) -> str:
     from drift_service import tracking
 

@@ -13,10 +13,11 @@ CRD defaults. Heavy imports happen in `run` only.
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from kingmaker.settings import ControllerSettings, DriftSettings, LogSettings, MlflowSettings, environment_help
 
 if TYPE_CHECKING:
     from k8s.controller import Controller
@@ -24,11 +25,9 @@ if TYPE_CHECKING:
     from k8s.observe import Sources
     from k8s.state import Spec, Status
 
-ENV_PROMETHEUS = "KINGMAKER_PROMETHEUS_URL"
-ENV_DRIFT_DIR = "KINGMAKER_DRIFT_OUTPUT_DIR"
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = environment_help(MlflowSettings, LogSettings, (DriftSettings, "output_dir"), ControllerSettings)
     what = p.add_mutually_exclusive_group()
     what.add_argument("--dry-run", action="store_true", help="print the current decision and its evidence; act on nothing")
     what.add_argument("--approve", action="store_true",
@@ -43,13 +42,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=["split", "shadow"], help="traffic mode without --policy (default split)")
     p.add_argument("--challenger-weight", type=float, help="challenger share without --policy (default 0.1)")
     src = p.add_argument_group("observation sources")
-    src.add_argument("--prometheus-url", help=f"Prometheus for the guardrails (default ${ENV_PROMETHEUS}; "
+    src.add_argument("--prometheus-url", help="Prometheus for the guardrails (default $KINGMAKER_PROMETHEUS_URL; "
                      "without one no guardrail is readable and nothing is promoted)")
     src.add_argument("--prometheus-timeout", type=float, default=5.0, help="seconds per Prometheus query")
     src.add_argument("--prometheus-selector", default="",
                      help='extra label matchers for every query, e.g. namespace="fraud"')
     src.add_argument("--guardrail-window", default="10m", help="PromQL range of the guardrail rates")
-    src.add_argument("--drift-dir", type=Path, help=f"folder of drift job results (default ${ENV_DRIFT_DIR}, "
+    src.add_argument("--drift-dir", type=Path, help="folder of drift job results (default $KINGMAKER_DRIFT_OUTPUT_DIR, "
                      "else $KINGMAKER_HOME/drift)")
     src.add_argument("--drift-from-prometheus", action="store_true",
                      help="read the drift job's pushed gauges through Prometheus instead of drift.json")
@@ -100,10 +99,8 @@ def _sources(args: argparse.Namespace, home: Path) -> Sources:
     from k8s.sources.drift import FileDrift, NoDrift, PrometheusDrift
     from k8s.sources.logs import LogWindows
     from k8s.sources.prometheus import GuardrailQueries, NoGuardrails, PrometheusAPI, PrometheusGuardrails
-    from kingmaker.settings import LogSettings
-
     logs = LogSettings.from_env(home)
-    url = args.prometheus_url or os.environ.get(ENV_PROMETHEUS)
+    url = args.prometheus_url or ControllerSettings.from_env().prometheus_url
     prometheus = PrometheusAPI(url, timeout=args.prometheus_timeout) if url else None
     guardrails: GuardrailSource = (
         PrometheusGuardrails(prometheus, GuardrailQueries(args.guardrail_window, args.prometheus_selector))
@@ -114,8 +111,7 @@ def _sources(args: argparse.Namespace, home: Path) -> Sources:
         drift = PrometheusDrift(prometheus, max_age_seconds=max_age, selector=args.prometheus_selector) \
             if prometheus else NoDrift()
     else:
-        folder = args.drift_dir or (Path(os.environ[ENV_DRIFT_DIR]) if os.environ.get(ENV_DRIFT_DIR) else home / "drift")
-        drift = FileDrift(folder, max_age)
+        drift = FileDrift(args.drift_dir or DriftSettings.from_env().results_dir(home), max_age)
     return Sources(LogWindows(logs.predictions_url, logs.labels_url), guardrails, drift)
 
 
@@ -228,7 +224,7 @@ def _local(args: argparse.Namespace) -> int:
     from k8s.local import LocalLock, LocalServing, LocalStore
     from k8s.sources.registry import MlflowRegistry
     from kingmaker.errors import TemporaryError
-    from kingmaker.settings import MlflowSettings, default_home
+    from kingmaker.settings import default_home
 
     home = default_home()
     mlflow = MlflowSettings.from_env(home)
@@ -309,7 +305,7 @@ def _kubernetes(args: argparse.Namespace) -> int:
     from k8s.lease import LeaseElector, default_identity
     from k8s.sources.registry import MlflowRegistry
     from k8s.state import parse_spec
-    from kingmaker.settings import MlflowSettings, default_home
+    from kingmaker.settings import default_home
 
     kube = Kube.connect(args.namespace)
     mlflow = MlflowSettings.from_env()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -70,6 +71,22 @@ def test_dry_run_table(ready: Home, prometheus: str, capsys: pytest.CaptureFixtu
     out = capsys.readouterr().out
     assert "PROMOTE (ChallengerBetter)" in out and "matured labelled" in out and "2500" in out
     assert "error rate 0.20%" in out
+
+
+def test_drift_results_come_from_the_drift_jobs_output_dir(ready: Home, prometheus: str, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """$KINGMAKER_DRIFT_OUTPUT_DIR (kingmaker.settings.DriftSettings) is where the job writes and the controller reads."""
+    shutil.rmtree(ready.root / "drift")
+    drift_result(tmp_path / "shared", created=datetime.now(UTC))
+    args = ["promote", "--dry-run", "--json", "--policy", str(policy_file(ready)), "--prometheus-url", prometheus]
+    assert main(args) == 0
+    held = json.loads(capsys.readouterr().out)
+    assert (held["reason"], held["evidence"]["score_psi"]) == ("GuardrailUnavailable", None)
+    monkeypatch.setenv("KINGMAKER_DRIFT_OUTPUT_DIR", str(tmp_path / "shared"))
+    assert main(args) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["reason"] == "ChallengerBetter" and doc["evidence"]["score_psi"] is not None
 
 
 def test_without_prometheus_a_winner_is_held(ready: Home, registry: MlflowRegistry,
