@@ -26,6 +26,13 @@ if TYPE_CHECKING:
     from k8s.state import Spec, Status
 
 
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = environment_help(MlflowSettings, LogSettings, (DriftSettings, "output_dir"), ControllerSettings)
     what = p.add_mutually_exclusive_group()
@@ -37,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", type=Path, help="ChampionChallenger YAML (CR format) with the model, traffic and "
                    "policy (default: the CRD defaults for the configured model)")
     p.add_argument("--name", help="resource name (default: metadata.name of --policy, else the model name)")
-    p.add_argument("--interval", type=float, help="seconds between reconciles (default: the policy's "
+    p.add_argument("--interval", type=_positive, help="seconds between reconciles (default: the policy's "
                    "evaluationIntervalSeconds)")
     p.add_argument("--mode", choices=["split", "shadow"], help="traffic mode without --policy (default split)")
     p.add_argument("--challenger-weight", type=float, help="challenger share without --policy (default 0.1)")
@@ -70,27 +77,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 # --- wiring -------------------------------------------------------------------------------------
 
 def _spec(args: argparse.Namespace, model_name: str) -> Spec:
+    """The resource from ``--policy``, or the CRD defaults with ``--mode``/``--challenger-weight``; validated by
+    `k8s.state.parse_spec` (and so `k8s.policy.parse_policy`) either way."""
+    from dataclasses import replace
+
     import yaml
 
-    from k8s.state import Spec, Traffic, parse_spec
+    from k8s.state import parse_spec
     from kingmaker.errors import PermanentError
-    from kingmaker.roles import Mode
 
     if args.policy is not None:
+        if args.mode or args.challenger_weight is not None:
+            raise PermanentError("--mode/--challenger-weight apply without --policy only (edit spec.traffic)")
         try:
             doc = yaml.safe_load(args.policy.read_text())
         except (OSError, yaml.YAMLError) as exc:
             raise PermanentError(f"cannot read policy {args.policy}: {exc}") from exc
         spec = parse_spec(doc, default_name=model_name)
-        if args.mode or args.challenger_weight is not None:
-            raise PermanentError("--mode/--challenger-weight apply without --policy only (edit spec.traffic)")
     else:
-        weight = 0.1 if args.challenger_weight is None else args.challenger_weight
-        if not 0.0 <= weight <= 1.0:
-            raise PermanentError(f"--challenger-weight must be in [0, 1], got {weight}")
-        spec = Spec(name=model_name, model_name=model_name, traffic=Traffic(weight, Mode(args.mode or "split")))
-    from dataclasses import replace
-
+        traffic = {"mode": args.mode or "split"}
+        if args.challenger_weight is not None:
+            traffic["challengerWeight"] = args.challenger_weight
+        try:
+            spec = parse_spec({"spec": {"modelName": model_name, "traffic": traffic}}, default_name=model_name)
+        except PermanentError as exc:
+            raise PermanentError(f"--mode/--challenger-weight: {exc}") from None
     return replace(spec, name=args.name) if args.name else spec
 
 

@@ -132,10 +132,11 @@ class Elector(Protocol):
 
 
 def _interval(doc: Mapping[str, Any], default: float) -> float:
+    """The resource's ``evaluationIntervalSeconds`` (validated by `k8s.policy.parse_policy`); ``default`` when
+    the spec is invalid (its reconcile reports why)."""
     try:
-        value = doc["spec"]["policy"]["evaluationIntervalSeconds"]
-        return float(value) if isinstance(value, int) and value >= 10 else default
-    except (KeyError, TypeError):
+        return float(st.parse_spec(doc).policy.evaluation_interval_seconds)
+    except PermanentError:
         return default
 
 

@@ -140,6 +140,24 @@ def test_bad_policy_is_one_line(ready: Home, capsys: pytest.CaptureFixture[str])
     assert "spec.policy.alpha" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--challenger-weight", "1.5"], "--mode/--challenger-weight: spec.traffic.challengerWeight: must be a number "
+                                     "in [0, 1], got 1.5"),
+    (["--challenger-weight", "0.2", "--policy", "x.yaml"], "--mode/--challenger-weight apply without --policy only (edit spec.traffic)"),
+])
+def test_bad_traffic_flags_are_one_line(ready: Home, flags: list[str], message: str,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["promote", "--dry-run", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err == f"kingmaker promote: error: {message}\n"
+
+
+def test_the_interval_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["promote", "--interval", "0"])
+    assert "argument --interval: must be > 0, got 0" in capsys.readouterr().err
+
+
 def test_defaults_without_a_policy_file(ready: Home, prometheus: str, capsys: pytest.CaptureFixture[str]) -> None:
     """CRD defaults (1000 labelled per arm, a week of label delay): the fresh traffic has not matured."""
     assert main(["promote", "--dry-run", "--json", "--mode", "shadow", "--prometheus-url", prometheus]) == 0

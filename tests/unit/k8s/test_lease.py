@@ -148,7 +148,8 @@ def test_operate_reconciles_only_while_leading_and_when_due() -> None:
 
             return C()
 
-    docs = [{"metadata": {"name": "x", "generation": 1}, "spec": {"policy": {"evaluationIntervalSeconds": 60}}},
+    docs = [{"metadata": {"name": "x", "generation": 1},
+             "spec": {"modelName": "m", "policy": {"evaluationIntervalSeconds": 60}}},
             {"metadata": {"name": "y", "generation": 1}, "status": {"phase": "Promoting"}}]
     e, rec, t = FakeElector(), Recorder(), [0.0]
     ticks = {"n": 0}
