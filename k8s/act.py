@@ -134,6 +134,7 @@ class ControllerMetrics:
         self.p_value = made["kingmaker_controller_p_value"]
         self.labelled = made["kingmaker_controller_matured_labelled"]
         self.positives = made["kingmaker_controller_matured_positives"]
+        self.policy_reloads = made["kingmaker_controller_policy_reloads"]
 
     def record(self, decision: Decision, now: float) -> None:
         self.decisions.labels(outcome=decision.outcome.value, reason=decision.reason.value).inc()  # type: ignore[union-attr]
@@ -145,6 +146,10 @@ class ControllerMetrics:
         for arm, evidence in ((Arm.CHAMPION, ev.champion), (Arm.CHALLENGER, ev.challenger)):
             self.labelled.labels(arm=arm.value, model_version=evidence.version).set(evidence.labelled)  # type: ignore[union-attr]
             self.positives.labels(arm=arm.value, model_version=evidence.version).set(evidence.positives)  # type: ignore[union-attr]
+
+    def policy_reloaded(self, outcome: str) -> None:
+        """Count a re-read of the local policy file (`k8s.local.PolicyFile`): ``ok`` or ``invalid``."""
+        self.policy_reloads.labels(outcome=outcome).inc()  # type: ignore[union-attr]
 
     def count(self, outcome: str, reason: str) -> float:
         """Current value of the decisions counter (for tests and ``--dry-run``)."""

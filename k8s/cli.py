@@ -6,14 +6,15 @@
     kingmaker promote                        reconcile every evaluation interval, in the foreground
     kingmaker promote --kubernetes           the same against the cluster's ChampionChallengers (Lease-elected)
 
-The policy comes from ``--policy FILE`` (a ``ChampionChallenger`` YAML, e.g. ``k8s/examples/...``) or the
-CRD defaults. Heavy imports happen in `run` only.
+The policy comes from ``--policy FILE`` (a ``ChampionChallenger`` YAML, e.g. ``k8s/examples/...``; the loop
+re-reads it when it changes, and an invalid edit keeps the last good policy) or the CRD defaults. Heavy
+imports happen in `run` only.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from kingmaker.settings import ControllerSettings, DriftSettings, LogSettings, M
 if TYPE_CHECKING:
     from k8s.controller import Controller
     from k8s.decide import Decision
+    from k8s.local import PolicyFile
     from k8s.observe import Sources
     from k8s.state import Spec, Status
 
@@ -42,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     what.add_argument("--once", action="store_true", help="run one reconcile and exit (default: loop)")
     p.add_argument("--json", action="store_true", help="with --dry-run: print JSON instead of a table")
     p.add_argument("--policy", type=Path, help="ChampionChallenger YAML (CR format) with the model, traffic and "
-                   "policy (default: the CRD defaults for the configured model)")
+                   "policy, re-read when it changes (default: the CRD defaults for the configured model)")
     p.add_argument("--name", help="resource name (default: metadata.name of --policy, else the model name)")
     p.add_argument("--interval", type=_positive, help="seconds between reconciles (default: the policy's "
                    "evaluationIntervalSeconds)")
@@ -76,32 +78,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 # --- wiring -------------------------------------------------------------------------------------
 
-def _spec(args: argparse.Namespace, model_name: str) -> Spec:
-    """The resource from ``--policy``, or the CRD defaults with ``--mode``/``--challenger-weight``; validated by
-    `k8s.state.parse_spec` (and so `k8s.policy.parse_policy`) either way."""
+def _spec(args: argparse.Namespace, model_name: str,
+          on_reload: Callable[[str, str], None]) -> Spec | PolicyFile:
+    """The resource from ``--policy`` (re-read when the file changes), or the CRD defaults with
+    ``--mode``/``--challenger-weight``; validated by `k8s.state.parse_spec` (so `k8s.policy.parse_policy`) either way."""
     from dataclasses import replace
 
-    import yaml
-
+    from k8s.local import PolicyFile
     from k8s.state import parse_spec
     from kingmaker.errors import PermanentError
 
     if args.policy is not None:
         if args.mode or args.challenger_weight is not None:
             raise PermanentError("--mode/--challenger-weight apply without --policy only (edit spec.traffic)")
-        try:
-            doc = yaml.safe_load(args.policy.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise PermanentError(f"cannot read policy {args.policy}: {exc}") from exc
-        spec = parse_spec(doc, default_name=model_name)
-    else:
-        traffic = {"mode": args.mode or "split"}
-        if args.challenger_weight is not None:
-            traffic["challengerWeight"] = args.challenger_weight
-        try:
-            spec = parse_spec({"spec": {"modelName": model_name, "traffic": traffic}}, default_name=model_name)
-        except PermanentError as exc:
-            raise PermanentError(f"--mode/--challenger-weight: {exc}") from None
+        return PolicyFile(args.policy, default_name=model_name, name=args.name, on_reload=on_reload)
+    traffic = {"mode": args.mode or "split"}
+    if args.challenger_weight is not None:
+        traffic["challengerWeight"] = args.challenger_weight
+    try:
+        spec = parse_spec({"spec": {"modelName": model_name, "traffic": traffic}}, default_name=model_name)
+    except PermanentError as exc:
+        raise PermanentError(f"--mode/--challenger-weight: {exc}") from None
     return replace(spec, name=args.name) if args.name else spec
 
 
@@ -239,9 +236,15 @@ def _local(args: argparse.Namespace) -> int:
 
     home = default_home()
     mlflow = MlflowSettings.from_env(home)
-    spec = _spec(args, mlflow.model_name)
-    store = LocalStore(home / "controller", spec)
     metrics = ControllerMetrics()
+
+    def on_reload(outcome: str, message: str) -> None:
+        metrics.policy_reloaded(outcome)
+        if outcome == "invalid":
+            store.event("Warning", "PolicyRejected", message)
+
+    store = LocalStore(home / "controller", _spec(args, mlflow.model_name, on_reload))
+    spec = store.spec
     ports = Ports(MlflowRegistry(mlflow.client(), spec.model_name), LocalServing(home / "serving", spec.model_name),
                   store, metrics)
     controller = Controller(store, ports, _sources(args, home))
