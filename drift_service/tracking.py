@@ -23,6 +23,7 @@ from kingmaker.reference import Reference
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class ResolvedReference:
     alias: str

@@ -107,6 +107,7 @@ def _sources(args: argparse.Namespace, home: Path) -> Sources:
     from k8s.sources.drift import FileDrift, NoDrift, PrometheusDrift
     from k8s.sources.logs import LogWindows
     from k8s.sources.prometheus import GuardrailQueries, NoGuardrails, PrometheusAPI, PrometheusGuardrails
+
     logs = LogSettings.from_env(home)
     url = args.prometheus_url or ControllerSettings.from_env().prometheus_url
     prometheus = PrometheusAPI(url, timeout=args.prometheus_timeout) if url else None

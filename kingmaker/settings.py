@@ -1,10 +1,10 @@
 """Typed settings, one object per topic, read once at the entry point and passed down.
 
 Every field has a one-line doc in its ``metadata["doc"]``, and a field read from the environment names its
-variable in ``metadata["env"]``: `from_env` reads exactly those variables, and `environment_help` turns the
-same metadata into the "environment:" section of a command's ``--help`` (`read_env` is the reading). Environment variables override
-defaults; command-line flags override both. An empty variable counts as unset, unless the field says
-otherwise (``metadata["empty"]``: '' is a value, e.g. "no challenger").
+variable in ``metadata["env"]``. Each class's ``from_env`` reads exactly those variables (through
+`read_env`), and `environment_help` turns the same metadata into the "environment:" section of a command's
+``--help``. Environment variables override defaults; command-line flags override both. An empty variable
+counts as unset, unless the field says '' is a value (``metadata["empty"]``, e.g. "no challenger").
 """
 
 from __future__ import annotations
