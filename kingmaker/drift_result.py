@@ -27,6 +27,7 @@ and `read`; imports no part of kingmaker.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import types
@@ -224,10 +225,13 @@ def _decode(kind: Any, value: Any, where: str) -> Any:
     raise _Bad(where, f"expected {getattr(kind, '__name__', kind)}, got {value!r}")
 
 
+_hints = functools.cache(typing.get_type_hints)
+
+
 def _record(cls: Any, value: Any, where: str) -> Any:
     if not isinstance(value, dict):
         raise _Bad(where, f"expected a mapping, got {value!r}")
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     out: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         key = f"{where}.{f.name}" if where else f.name
