@@ -6,7 +6,7 @@ tests/unit/drift_service/test_layers.py):
 - `stats` — one pure function per statistic (`psi`, `psi_categorical`, `ks`), p-value correction and
   severity rules; results carry the direction of "drifted".
 - `analysis` — one window against the references: feature drift, per-arm score drift, arm vs arm.
-- `document` — the JSON document of a run and its flat MLflow metrics.
+- `document` — a run's result as the `kingmaker.drift_result` document (``drift.json``) and as flat MLflow metrics.
 - `window` — reads the window from the prediction log (time span or latest N requests).
 - `tracking` — MLflow: the reference by alias -> version -> run artifact, and the drift run.
 - `report` — the self-contained HTML report (matplotlib Agg, PNGs inlined).

@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
 
     from drift_service import report, window
     from drift_service.analysis import ArmReference, Policy, Window, analyse
-    from drift_service.document import Context
+    from kingmaker.drift_result import Context
     from kingmaker.logs import append_predictions
     from kingmaker.roles import Arm
 

@@ -7,16 +7,11 @@ not (no data, no reference, a store unreachable), so a failing CronJob means a b
 from __future__ import annotations
 
 import argparse
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-#: Environment variables the job reads (command-line flags win).
-ENV_PUSHGATEWAY = "KINGMAKER_PUSHGATEWAY_URL"
-ENV_WINDOW = "KINGMAKER_DRIFT_WINDOW"
-ENV_OUTPUT = "KINGMAKER_DRIFT_OUTPUT_DIR"
-ENV_EXPERIMENT = "KINGMAKER_DRIFT_EXPERIMENT"
+from kingmaker.settings import DriftSettings, LogSettings, MlflowSettings, environment_help
 
 
 def _positive_int(text: str) -> int:
@@ -47,10 +42,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     # Options without a fixed default explain it in their help and are absent from `args` when not
     # given (argparse.SUPPRESS), so the help formatter does not add a misleading "(default: None)".
     p.argument_default = argparse.SUPPRESS
+    p.epilog = environment_help(MlflowSettings, (LogSettings, "predictions_url"), DriftSettings)
     w = p.add_argument_group("window")
     span = w.add_mutually_exclusive_group()
     span.add_argument("--window", type=_duration, metavar="DURATION",
-                      help=f"analyse the rows of the last DURATION, e.g. 30m, 6h, 7d (default: ${ENV_WINDOW} or 24h)")
+                      help="analyse the rows of the last DURATION, e.g. 30m, 6h, 7d (default: $KINGMAKER_DRIFT_WINDOW or 24h)")
     span.add_argument("--rows", type=_positive_int, metavar="N", help="analyse the latest N requests instead")
     w.add_argument("--until", type=_timestamp, metavar="TIME", help="end of the window, ISO 8601 (default: now)")
     w.add_argument("--predictions-url",
@@ -64,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--reference-dir", type=Path,
                    help="use this drift_reference folder instead of looking the champion up in MLflow")
     r.add_argument("--experiment",
-                   help=f"MLflow experiment of drift runs (default: ${ENV_EXPERIMENT} or kingmaker-drift)")
+                   help="MLflow experiment of drift runs (default: $KINGMAKER_DRIFT_EXPERIMENT or kingmaker-drift)")
     r.add_argument("--no-mlflow-log", action="store_true", default=False, help="do not log the result as an MLflow run")
     s = p.add_argument_group("statistics")
     s.add_argument("--psi-moderate", type=float, default=0.1, help="PSI from which a feature has drifted")
@@ -79,10 +75,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated features compared by category (unseen categories get their own bin)")
     o = p.add_argument_group("output")
     o.add_argument("--output-dir", type=Path,
-                   help=f"folder for drift.json and report.html (default: ${ENV_OUTPUT}, else "
+                   help="folder for drift.json and report.html (default: $KINGMAKER_DRIFT_OUTPUT_DIR, else "
                         "$KINGMAKER_HOME/drift/<time>)")
     o.add_argument("--pushgateway", metavar="URL",
-                   help=f"push gauges to this Prometheus Pushgateway (default: ${ENV_PUSHGATEWAY}; none when unset)")
+                   help="push gauges to this Prometheus Pushgateway (default: $KINGMAKER_PUSHGATEWAY_URL; none when unset)")
     o.add_argument("--pushgateway-job", default="kingmaker-drift", help="Pushgateway job label")
 
 
@@ -92,35 +88,34 @@ def _opt(args: argparse.Namespace, name: str) -> Any:
 
 def settings_from_args(args: argparse.Namespace) -> object:
     from drift_service.analysis import Policy
-    from drift_service.job import DriftSettings
+    from drift_service.job import JobSettings
     from drift_service.stats import Correction
     from drift_service.window import parse_duration
     from kingmaker.errors import PermanentError
-    from kingmaker.settings import LogSettings, MlflowSettings, default_home
+    from kingmaker.settings import default_home
 
+    env = DriftSettings.from_env()
     window = _opt(args, "window")
     if window is None and _opt(args, "rows") is None:
         try:
-            window = parse_duration(os.environ.get(ENV_WINDOW, "24h"))
+            window = parse_duration(env.window)
         except ValueError as exc:
-            raise PermanentError(f"${ENV_WINDOW}: {exc}") from exc
+            raise PermanentError(f"$KINGMAKER_DRIFT_WINDOW: {exc}") from exc
     try:
         policy = Policy(psi_moderate=args.psi_moderate, psi_severe=args.psi_severe, alpha=args.alpha,
                         correction=Correction(args.correction), min_rows=args.min_rows, epsilon=args.epsilon)
     except ValueError as exc:
         raise PermanentError(f"bad drift thresholds: {exc}") from exc
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    output = _opt(args, "output_dir") or (Path(os.environ[ENV_OUTPUT]) if os.environ.get(ENV_OUTPUT)
-                                 else default_home() / "drift" / stamp)
-    return DriftSettings(
+    return JobSettings(
         predictions_url=_opt(args, "predictions_url") or LogSettings.from_env().predictions_url,
-        output_dir=output,
+        output_dir=_opt(args, "output_dir") or env.run_dir(default_home(), stamp),
         mlflow=MlflowSettings.from_env(tracking_uri=_opt(args, "tracking_uri"), model_name=_opt(args, "model_name")),
         window=window, rows=_opt(args, "rows"), until=_opt(args, "until"), reference_dir=_opt(args, "reference_dir"),
         champion_alias=args.champion_alias, challenger_alias=args.challenger_alias,
         log_to_mlflow=not args.no_mlflow_log,
-        experiment=_opt(args, "experiment") or os.environ.get(ENV_EXPERIMENT) or "kingmaker-drift",
-        pushgateway_url=_opt(args, "pushgateway") or os.environ.get(ENV_PUSHGATEWAY) or None,
+        experiment=_opt(args, "experiment") or env.experiment,
+        pushgateway_url=_opt(args, "pushgateway") or env.pushgateway_url,
         pushgateway_job=args.pushgateway_job,
         categorical=tuple(c.strip() for c in (_opt(args, "categorical") or "").split(",") if c.strip()),
         policy=policy,
@@ -131,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     from drift_service import job
 
     settings = settings_from_args(args)
-    assert isinstance(settings, job.DriftSettings)
+    assert isinstance(settings, job.JobSettings)
     outcome = job.run(settings)
     print(job.summary(outcome))
     return 0

@@ -1,98 +1,61 @@
-"""The JSON document of one drift run (``drift.json``): the result plus where it came from.
+"""A `DriftResult` as the ``drift.json`` document (`kingmaker.drift_result`), and as flat MLflow metrics.
 
-Pure: dataclasses in, plain JSON-able dicts out. The layout (``format`` 1)::
-
-    {"format": 1, "context": {...}, "severity": "none", "rows": 1234, "rows_by_arm": {...},
-     "drifted_features": [...], "policy": {...},
-     "features": [{"name", "kind", "severity", "drifted", "n_reference", "n_current", "n_missing",
-                   "psi": {"score", "threshold", "severe_threshold", "severity", "drifted", "bins",
-                           "reference_share", "current_share"} | null,
-                   "ks": {"d", "p_value", "p_adjusted", "threshold", "drifted"} | null}],
-     "scores": [{"arm", "model_version", "severity", "n_reference", "n_current", "psi", "ks"}],
-     "arms": {"champion_version", "challenger_version", "severity", "n_champion", "n_challenger",
-              "psi", "ks"} | null}
+Pure: the analysis' dataclasses in, the shared format's dataclasses (or a dict of floats) out. The format
+itself, its version, writer and reader live in `kingmaker.drift_result`, which the controller reads too.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from datetime import datetime
-from typing import Any
+from dataclasses import asdict
 
 from drift_service.analysis import ArmComparison, DriftResult, FeatureDrift, ScoreDrift
 from drift_service.stats import KsResult, PsiResult
-
-FORMAT = 1
-
-
-@dataclass(frozen=True)
-class Context:
-    """Where a drift result came from."""
-
-    model_name: str
-    champion_version: str | None
-    challenger_version: str | None
-    reference_source: str  # e.g. "models:/fraud-detector@champion (version 3, run abc)" or a folder
-    predictions_url: str
-    since: datetime | None
-    until: datetime | None
-    created: datetime
+from kingmaker import drift_result as fmt
+from kingmaker.drift_result import Context, DriftDocument
 
 
-def _num(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
-
-
-def psi_dict(p: PsiResult | None) -> dict[str, Any] | None:
+def _psi(p: PsiResult | None) -> fmt.Psi | None:
     if p is None:
         return None
-    return {"statistic": p.statistic.value, "score": _num(p.score), "threshold": p.threshold,
-            "severe_threshold": p.severe_threshold, "severity": p.severity.value, "drifted": p.drifted,
-            "n_reference": p.n_reference, "n_current": p.n_current, "bins": list(p.bins),
-            "reference_share": list(p.reference_share), "current_share": list(p.current_share)}
+    return fmt.Psi(statistic=p.statistic.value, score=p.score if math.isfinite(p.score) else None,
+                   threshold=p.threshold, severe_threshold=p.severe_threshold, severity=p.severity.value,
+                   drifted=p.drifted, n_reference=p.n_reference, n_current=p.n_current, bins=tuple(p.bins),
+                   reference_share=tuple(p.reference_share), current_share=tuple(p.current_share))
 
 
-def ks_dict(k: KsResult | None) -> dict[str, Any] | None:
+def _ks(k: KsResult | None) -> fmt.Ks | None:
     if k is None:
         return None
-    return {"d": k.d, "p_value": k.p_value, "p_adjusted": k.p_adjusted, "threshold": k.threshold,
-            "drifted": k.drifted, "n_reference": k.n_reference, "n_current": k.n_current}
+    return fmt.Ks(d=k.d, p_value=k.p_value, p_adjusted=k.p_adjusted, threshold=k.threshold, drifted=k.drifted,
+                  n_reference=k.n_reference, n_current=k.n_current)
 
 
-def _feature(f: FeatureDrift) -> dict[str, Any]:
-    return {"name": f.name, "kind": f.kind.value, "severity": f.severity.value, "drifted": f.drifted,
-            "n_reference": f.n_reference, "n_current": f.n_current, "n_missing": f.n_missing,
-            "psi": psi_dict(f.psi), "ks": ks_dict(f.ks)}
+def _feature(f: FeatureDrift) -> fmt.Feature:
+    return fmt.Feature(name=f.name, kind=f.kind.value, severity=f.severity.value, drifted=f.drifted,
+                       n_reference=f.n_reference, n_current=f.n_current, n_missing=f.n_missing,
+                       psi=_psi(f.psi), ks=_ks(f.ks))
 
 
-def _score(s: ScoreDrift) -> dict[str, Any]:
-    return {"arm": s.arm.value, "model_version": s.model_version, "severity": s.severity.value,
-            "n_reference": s.n_reference, "n_current": s.n_current, "psi": psi_dict(s.psi), "ks": ks_dict(s.ks)}
+def _score(s: ScoreDrift) -> fmt.Score:
+    return fmt.Score(arm=s.arm.value, model_version=s.model_version, severity=s.severity.value,
+                     n_reference=s.n_reference, n_current=s.n_current, psi=_psi(s.psi), ks=_ks(s.ks))
 
 
-def _arms(a: ArmComparison | None) -> dict[str, Any] | None:
+def _arms(a: ArmComparison | None) -> fmt.Arms | None:
     if a is None:
         return None
-    return {"champion_version": a.champion_version, "challenger_version": a.challenger_version,
-            "severity": a.severity.value, "n_champion": a.n_champion, "n_challenger": a.n_challenger,
-            "psi": psi_dict(a.psi), "ks": ks_dict(a.ks)}
+    return fmt.Arms(champion_version=a.champion_version, challenger_version=a.challenger_version,
+                    severity=a.severity.value, n_champion=a.n_champion, n_challenger=a.n_challenger,
+                    psi=_psi(a.psi), ks=_ks(a.ks))
 
 
-def _iso(t: datetime | None) -> str | None:
-    return t.isoformat() if t is not None else None
-
-
-def to_document(result: DriftResult, context: Context) -> dict[str, Any]:
-    ctx = asdict(context)
-    for key in ("since", "until", "created"):
-        ctx[key] = _iso(getattr(context, key))
-    policy = asdict(result.policy)
-    policy["correction"] = result.policy.correction.value
-    return {"format": FORMAT, "context": ctx, "severity": result.severity.value, "rows": result.rows,
-            "rows_by_arm": dict(result.rows_by_arm), "drifted_features": list(result.drifted_features),
-            "policy": policy, "features": [_feature(f) for f in result.features],
-            "scores": [_score(s) for s in result.scores], "arms": _arms(result.arms)}
+def to_document(result: DriftResult, context: Context) -> DriftDocument:
+    policy = {**asdict(result.policy), "correction": result.policy.correction.value}
+    return DriftDocument(context=context, severity=result.severity.value, rows=result.rows,
+                         rows_by_arm=dict(result.rows_by_arm), drifted_features=result.drifted_features,
+                         policy=policy, features=tuple(_feature(f) for f in result.features),
+                         scores=tuple(_score(s) for s in result.scores), arms=_arms(result.arms))
 
 
 def mlflow_metrics(result: DriftResult) -> dict[str, float]:

@@ -13,7 +13,6 @@ only moves when everything else worked.
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 import time
@@ -24,8 +23,10 @@ from typing import TYPE_CHECKING
 
 from drift_service import window as window_loader
 from drift_service.analysis import ArmReference, DriftResult, Policy, Window, analyse
-from drift_service.document import Context, mlflow_metrics, to_document
+from drift_service.document import mlflow_metrics, to_document
 from drift_service.pushgateway import DEFAULT_JOB
+from kingmaker import drift_result, mlflow_errors
+from kingmaker.drift_result import Context
 from kingmaker.errors import PermanentError
 from kingmaker.logs import now
 from kingmaker.reference import Reference
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-JSON_FILE = "drift.json"
 HTML_FILE = "report.html"
 
 
@@ -46,7 +46,7 @@ def _doc(text: str) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
-class DriftSettings:
+class JobSettings:
     """Everything one run of the drift job needs, read once at the entry point."""
 
     predictions_url: str = field(metadata=_doc("prediction log dataset (folder or fsspec URL)"))
@@ -94,7 +94,7 @@ class _References:
     source: str
 
 
-def _references(settings: DriftSettings, client: MlflowClient | None, tmp: Path) -> _References:
+def _references(settings: JobSettings, client: MlflowClient | None, tmp: Path) -> _References:
     from drift_service import tracking
 
     if settings.reference_dir is not None:
@@ -113,7 +113,7 @@ def _references(settings: DriftSettings, client: MlflowClient | None, tmp: Path)
     return _References(champ.reference, tuple(arms), source)
 
 
-def run(settings: DriftSettings) -> Outcome:
+def run(settings: JobSettings) -> Outcome:
     """One drift run; raises `KingmakerError` (one line) when it cannot complete."""
     started = time.monotonic()
     until = settings.until or now()
@@ -127,20 +127,18 @@ def run(settings: DriftSettings) -> Outcome:
     return _act(settings, client, result, context, started)
 
 
-def _client(settings: DriftSettings) -> MlflowClient | None:
+def _client(settings: JobSettings) -> MlflowClient | None:
     if not settings.needs_mlflow:
         return None
-    from drift_service import tracking
-
     store = Path(settings.mlflow.tracking_uri.removeprefix("sqlite:///"))
     if settings.reference_dir is None and settings.mlflow.is_local_sqlite and not store.exists():
         raise PermanentError(f"no reference: there is no MLflow store at {store} yet (train and register "
                              "a model first: kingmaker train)")
-    tracking.check_reachable(settings.mlflow.tracking_uri)
+    mlflow_errors.check_reachable(settings.mlflow.tracking_uri)
     return settings.mlflow.client()
 
 
-def _observe(settings: DriftSettings, client: MlflowClient | None, until: datetime) -> tuple[_References, Window]:
+def _observe(settings: JobSettings, client: MlflowClient | None, until: datetime) -> tuple[_References, Window]:
     with tempfile.TemporaryDirectory(prefix="kingmaker-drift-") as tmp:
         refs = _references(settings, client, Path(tmp))
     window = window_loader.load(settings.predictions_url, refs.champion.features, until=until,
@@ -149,7 +147,7 @@ def _observe(settings: DriftSettings, client: MlflowClient | None, until: dateti
     return refs, window
 
 
-def _act(settings: DriftSettings, client: MlflowClient | None, result: DriftResult, context: Context,
+def _act(settings: JobSettings, client: MlflowClient | None, result: DriftResult, context: Context,
          started: float) -> Outcome:
     """Files, then the MLflow run, then the Pushgateway (last: its timestamp means "all went well")."""
     json_path, html_path = write(result, context, settings.output_dir)
@@ -172,14 +170,13 @@ def write(result: DriftResult, context: Context, folder: Path) -> tuple[Path, Pa
     """``drift.json`` and the self-contained ``report.html`` in ``folder``."""
     from drift_service import report
 
-    folder.mkdir(parents=True, exist_ok=True)
-    json_path, html_path = folder / JSON_FILE, folder / HTML_FILE
-    json_path.write_text(json.dumps(to_document(result, context), indent=1, allow_nan=False))
+    json_path = drift_result.write(to_document(result, context), folder)
+    html_path = folder / HTML_FILE
     html_path.write_text(report.render(result, context), encoding="utf-8")
     return json_path, html_path
 
 
-def _log_run(client: MlflowClient, settings: DriftSettings, result: DriftResult, context: Context,
+def _log_run(client: MlflowClient, settings: JobSettings, result: DriftResult, context: Context,
              files: list[Path]) -> str:
     from drift_service import tracking
 

@@ -20,8 +20,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from drift_service.analysis import DriftResult, FeatureDrift, FeatureKind, Histogram
-from drift_service.document import Context
 from drift_service.stats import KsResult, PsiResult, Severity
+from kingmaker.drift_result import Context
 
 COLORS = {Severity.NONE: "#2e7d32", Severity.MODERATE: "#ef6c00", Severity.SEVERE: "#c62828",
           Severity.INSUFFICIENT_DATA: "#757575"}

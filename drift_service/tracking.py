@@ -16,13 +16,12 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, RunStatus
 from mlflow.exceptions import MlflowException
 
+from kingmaker import mlflow_errors
 from kingmaker import reference as reference_format
-from kingmaker.errors import PermanentError, TemporaryError
+from kingmaker.errors import PermanentError
 from kingmaker.reference import Reference
 
 log = logging.getLogger(__name__)
-
-_NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
 
 
 @dataclass(frozen=True)
@@ -31,28 +30,6 @@ class ResolvedReference:
     version: str
     run_id: str
     reference: Reference
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
-
-
-def _unreachable(uri: str, exc: BaseException) -> TemporaryError:
-    return TemporaryError(f"MLflow tracking store {uri} unreachable: {_first_line(exc)}")
-
-
-def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, in one line, when a tracking *server* does not answer (MLflow's own client would
-    retry with backoff for minutes before giving up)."""
-    if not tracking_uri.startswith(("http://", "https://")):
-        return
-    import httpx
-
-    try:
-        httpx.get(tracking_uri.rstrip("/") + "/health", timeout=timeout).raise_for_status()
-    except httpx.HTTPError as exc:
-        raise TemporaryError(f"MLflow tracking store {tracking_uri} unreachable: {_first_line(exc)}") from exc
 
 
 def fetch_reference(client: MlflowClient, model_name: str, alias: str, dst: Path, *,
@@ -66,26 +43,27 @@ def fetch_reference(client: MlflowClient, model_name: str, alias: str, dst: Path
     try:
         version = client.get_model_version_by_alias(model_name, alias)
     except MlflowException as exc:
-        if exc.error_code not in _NOT_FOUND:
-            raise _unreachable(uri, exc) from exc
+        if not mlflow_errors.is_permanent(exc):
+            raise mlflow_errors.error(f"reading {model_name}@{alias} from {uri}", exc) from exc
         if not required:
             log.info("no %s@%s in %s: skipping that arm", model_name, alias, uri)
             return None
         raise PermanentError(f"no reference: {model_name}@{alias} not found in {uri} "
-                             f"({_first_line(exc)})") from exc
+                             f"({mlflow_errors.first_line(exc)})") from exc
     if not version.run_id:
         raise PermanentError(f"no reference: {model_name} version {version.version} (@{alias}) has no run")
     dst.mkdir(parents=True, exist_ok=True)
+    what = f"downloading {reference_format.ARTIFACT_DIR}/ of run {version.run_id} from {uri}"
     try:
         local = client.download_artifacts(version.run_id, reference_format.ARTIFACT_DIR, str(dst))
     except MlflowException as exc:
-        if exc.error_code in _NOT_FOUND:
+        if mlflow_errors.is_permanent(exc):
             raise PermanentError(f"no reference: run {version.run_id} of {model_name} version "
                                  f"{version.version} (@{alias}) has no {reference_format.ARTIFACT_DIR}/ "
                                  "artifact") from exc
-        raise _unreachable(uri, exc) from exc
+        raise mlflow_errors.error(what, exc) from exc
     except OSError as exc:
-        raise _unreachable(uri, exc) from exc
+        raise mlflow_errors.error(what, exc) from exc
     return ResolvedReference(alias, str(version.version), version.run_id, load_reference(Path(local)))
 
 
@@ -96,13 +74,13 @@ def load_reference(folder: Path) -> Reference:
     except FileNotFoundError as exc:
         raise PermanentError(f"no reference: {folder} lacks {Path(exc.filename or '').name or 'a file'}") from exc
     except (ValueError, KeyError, OSError) as exc:
-        raise PermanentError(f"unreadable drift reference in {folder}: {_first_line(exc)}") from exc
+        raise PermanentError(f"unreadable drift reference in {folder}: {mlflow_errors.first_line(exc)}") from exc
 
 
 def log_run(client: MlflowClient, *, experiment: str, artifact_location: str | None, run_name: str,
             tags: Mapping[str, str], metrics: Mapping[str, float], files: Sequence[Path]) -> str:
     """One finished MLflow run holding ``metrics`` and ``files`` as artifacts; returns its id."""
-    try:
+    with mlflow_errors.translated(f"logging the drift run to {client.tracking_uri}"):
         found = client.get_experiment_by_name(experiment)
         experiment_id = found.experiment_id if found is not None else \
             client.create_experiment(experiment, artifact_location=artifact_location)
@@ -115,8 +93,4 @@ def log_run(client: MlflowClient, *, experiment: str, artifact_location: str | N
         for path in files:
             client.log_artifact(run_id, str(path))
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
-    except MlflowException as exc:
-        raise _unreachable(client.tracking_uri, exc) from exc
-    except OSError as exc:
-        raise _unreachable(client.tracking_uri, exc) from exc
     return str(run_id)

@@ -2,7 +2,7 @@
 
 The world is reached through three small ports so the same code runs locally and in Kubernetes:
 
-- `Registry` — the MLflow model registry (`MlflowRegistry`): aliases and version tags;
+- `Registry` — the model registry (`k8s.sources.registry.MlflowRegistry`): aliases and version tags;
 - `ServingTarget` — what the arms serve and how the router shares traffic (local files in `k8s.local`,
   Deployments and a ConfigMap in `k8s.kube`);
 - `StatusStore` — the resource's status and its Events (a local JSON file, or the status subresource).
@@ -36,7 +36,7 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 
@@ -47,9 +47,6 @@ from k8s.state import Arms, Pair, Spec, Status
 from kingmaker.catalog import CATALOG, CONTROLLER, create
 from kingmaker.errors import PermanentError, TemporaryError
 from kingmaker.roles import Arm, Mode
-
-if TYPE_CHECKING:
-    from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
 
@@ -115,50 +112,6 @@ class Ports:
     guard: Callable[[], None] = field(default=lambda: None)  # raises LostLeadership when not leading
 
 
-# --- MLflow -----------------------------------------------------------------------------------
-
-class MlflowRegistry:
-    """`Registry` over an explicit `MlflowClient` (from `kingmaker.settings.MlflowSettings.client`)."""
-
-    def __init__(self, client: MlflowClient, model_name: str):
-        self.client = client
-        self.model_name = model_name
-
-    def _call(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return fn(*args)
-        except MlflowException as exc:
-            code = getattr(exc, "error_code", "")
-            if code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-                raise PermanentError(f"MLflow: {what} failed: {exc.message}") from exc
-            raise TemporaryError(f"MLflow: {what} failed: {exc.message}") from exc
-        except OSError as exc:
-            raise TemporaryError(f"MLflow: {what} failed: {exc}") from exc
-
-    def aliases(self) -> dict[str, str]:
-        model = self._call(f"reading {self.model_name}", self.client.get_registered_model, self.model_name)
-        return {str(k): str(v) for k, v in (model.aliases or {}).items()}
-
-    def set_alias(self, alias: str, version: str) -> None:
-        self._call(f"@{alias} -> {version}", self.client.set_registered_model_alias, self.model_name, alias, version)
-        log.info("MLflow: %s@%s -> version %s", self.model_name, alias, version)
-
-    def delete_alias(self, alias: str) -> None:
-        self._call(f"removing @{alias}", self.client.delete_registered_model_alias, self.model_name, alias)
-        log.info("MLflow: removed %s@%s", self.model_name, alias)
-
-    def tag(self, version: str, tags: Mapping[str, str]) -> None:
-        for key, value in tags.items():
-            self._call(f"tagging version {version}", self.client.set_model_version_tag, self.model_name, version,
-                       key, value)
-
-    def version_tags(self, version: str) -> dict[str, str]:
-        mv = self._call(f"reading version {version}", self.client.get_model_version, self.model_name, version)
-        return dict(mv.tags or {})
-
-
 def current_pair(registry: Registry, spec: Spec) -> Pair:
     aliases = registry.aliases()
     champion = aliases.get(spec.champion_alias)
@@ -181,6 +134,7 @@ class ControllerMetrics:
         self.p_value = made["kingmaker_controller_p_value"]
         self.labelled = made["kingmaker_controller_matured_labelled"]
         self.positives = made["kingmaker_controller_matured_positives"]
+        self.policy_reloads = made["kingmaker_controller_policy_reloads"]
 
     def record(self, decision: Decision, now: float) -> None:
         self.decisions.labels(outcome=decision.outcome.value, reason=decision.reason.value).inc()  # type: ignore[union-attr]
@@ -192,6 +146,10 @@ class ControllerMetrics:
         for arm, evidence in ((Arm.CHAMPION, ev.champion), (Arm.CHALLENGER, ev.challenger)):
             self.labelled.labels(arm=arm.value, model_version=evidence.version).set(evidence.labelled)  # type: ignore[union-attr]
             self.positives.labels(arm=arm.value, model_version=evidence.version).set(evidence.positives)  # type: ignore[union-attr]
+
+    def policy_reloaded(self, outcome: str) -> None:
+        """Count a re-read of the local policy file (`k8s.local.PolicyFile`): ``ok`` or ``invalid``."""
+        self.policy_reloads.labels(outcome=outcome).inc()  # type: ignore[union-attr]
 
     def count(self, outcome: str, reason: str) -> float:
         """Current value of the decisions counter (for tests and ``--dry-run``)."""

@@ -6,28 +6,37 @@
     kingmaker promote                        reconcile every evaluation interval, in the foreground
     kingmaker promote --kubernetes           the same against the cluster's ChampionChallengers (Lease-elected)
 
-The policy comes from ``--policy FILE`` (a ``ChampionChallenger`` YAML, e.g. ``k8s/examples/...``) or the
-CRD defaults. Heavy imports happen in `run` only.
+The policy comes from ``--policy FILE`` (a ``ChampionChallenger`` YAML, e.g. ``k8s/examples/...``; the loop
+re-reads it when it changes, and an invalid edit keeps the last good policy) or the CRD defaults. Heavy
+imports happen in `run` only.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from kingmaker.settings import ControllerSettings, DriftSettings, LogSettings, MlflowSettings, environment_help
 
 if TYPE_CHECKING:
     from k8s.controller import Controller
     from k8s.decide import Decision
+    from k8s.local import PolicyFile
+    from k8s.observe import Sources
     from k8s.state import Spec, Status
 
-ENV_PROMETHEUS = "KINGMAKER_PROMETHEUS_URL"
-ENV_DRIFT_DIR = "KINGMAKER_DRIFT_OUTPUT_DIR"
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = environment_help(MlflowSettings, LogSettings, (DriftSettings, "output_dir"), ControllerSettings)
     what = p.add_mutually_exclusive_group()
     what.add_argument("--dry-run", action="store_true", help="print the current decision and its evidence; act on nothing")
     what.add_argument("--approve", action="store_true",
@@ -35,20 +44,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     what.add_argument("--once", action="store_true", help="run one reconcile and exit (default: loop)")
     p.add_argument("--json", action="store_true", help="with --dry-run: print JSON instead of a table")
     p.add_argument("--policy", type=Path, help="ChampionChallenger YAML (CR format) with the model, traffic and "
-                   "policy (default: the CRD defaults for the configured model)")
+                   "policy, re-read when it changes (default: the CRD defaults for the configured model)")
     p.add_argument("--name", help="resource name (default: metadata.name of --policy, else the model name)")
-    p.add_argument("--interval", type=float, help="seconds between reconciles (default: the policy's "
+    p.add_argument("--interval", type=_positive, help="seconds between reconciles (default: the policy's "
                    "evaluationIntervalSeconds)")
     p.add_argument("--mode", choices=["split", "shadow"], help="traffic mode without --policy (default split)")
     p.add_argument("--challenger-weight", type=float, help="challenger share without --policy (default 0.1)")
     src = p.add_argument_group("observation sources")
-    src.add_argument("--prometheus-url", help=f"Prometheus for the guardrails (default ${ENV_PROMETHEUS}; "
+    src.add_argument("--prometheus-url", help="Prometheus for the guardrails (default $KINGMAKER_PROMETHEUS_URL; "
                      "without one no guardrail is readable and nothing is promoted)")
     src.add_argument("--prometheus-timeout", type=float, default=5.0, help="seconds per Prometheus query")
     src.add_argument("--prometheus-selector", default="",
                      help='extra label matchers for every query, e.g. namespace="fraud"')
     src.add_argument("--guardrail-window", default="10m", help="PromQL range of the guardrail rates")
-    src.add_argument("--drift-dir", type=Path, help=f"folder of drift job results (default ${ENV_DRIFT_DIR}, "
+    src.add_argument("--drift-dir", type=Path, help="folder of drift job results (default $KINGMAKER_DRIFT_OUTPUT_DIR, "
                      "else $KINGMAKER_HOME/drift)")
     src.add_argument("--drift-from-prometheus", action="store_true",
                      help="read the drift job's pushed gauges through Prometheus instead of drift.json")
@@ -69,50 +78,50 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 # --- wiring -------------------------------------------------------------------------------------
 
-def _spec(args: argparse.Namespace, model_name: str) -> Spec:
-    import yaml
-
-    from k8s.state import Spec, Traffic, parse_spec
-    from kingmaker.errors import PermanentError
-    from kingmaker.roles import Mode
-
-    if args.policy is not None:
-        try:
-            doc = yaml.safe_load(args.policy.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise PermanentError(f"cannot read policy {args.policy}: {exc}") from exc
-        spec = parse_spec(doc, default_name=model_name)
-        if args.mode or args.challenger_weight is not None:
-            raise PermanentError("--mode/--challenger-weight apply without --policy only (edit spec.traffic)")
-    else:
-        weight = 0.1 if args.challenger_weight is None else args.challenger_weight
-        if not 0.0 <= weight <= 1.0:
-            raise PermanentError(f"--challenger-weight must be in [0, 1], got {weight}")
-        spec = Spec(name=model_name, model_name=model_name, traffic=Traffic(weight, Mode(args.mode or "split")))
+def _spec(args: argparse.Namespace, model_name: str,
+          on_reload: Callable[[str, str], None]) -> Spec | PolicyFile:
+    """The resource from ``--policy`` (re-read when the file changes), or the CRD defaults with
+    ``--mode``/``--challenger-weight``; validated by `k8s.state.parse_spec` (so `k8s.policy.parse_policy`) either way."""
     from dataclasses import replace
 
+    from k8s.local import PolicyFile
+    from k8s.state import parse_spec
+    from kingmaker.errors import PermanentError
+
+    if args.policy is not None:
+        if args.mode or args.challenger_weight is not None:
+            raise PermanentError("--mode/--challenger-weight apply without --policy only (edit spec.traffic)")
+        return PolicyFile(args.policy, default_name=model_name, name=args.name, on_reload=on_reload)
+    traffic = {"mode": args.mode or "split"}
+    if args.challenger_weight is not None:
+        traffic["challengerWeight"] = args.challenger_weight
+    try:
+        spec = parse_spec({"spec": {"modelName": model_name, "traffic": traffic}}, default_name=model_name)
+    except PermanentError as exc:
+        raise PermanentError(f"--mode/--challenger-weight: {exc}") from None
     return replace(spec, name=args.name) if args.name else spec
 
 
-def _sources(args: argparse.Namespace, home: Path) -> Any:
-    from k8s import observe as ob
-    from kingmaker.settings import LogSettings
+def _sources(args: argparse.Namespace, home: Path) -> Sources:
+    from k8s.observe import DriftSource, GuardrailSource, Sources
+    from k8s.sources.drift import FileDrift, NoDrift, PrometheusDrift
+    from k8s.sources.logs import LogWindows
+    from k8s.sources.prometheus import GuardrailQueries, NoGuardrails, PrometheusAPI, PrometheusGuardrails
 
     logs = LogSettings.from_env(home)
-    url = args.prometheus_url or os.environ.get(ENV_PROMETHEUS)
-    prometheus = ob.PrometheusAPI(url, timeout=args.prometheus_timeout) if url else None
-    guardrails: Any = (ob.PrometheusGuardrails(prometheus, ob.GuardrailQueries(args.guardrail_window,
-                                                                                args.prometheus_selector))
-                       if prometheus else ob.NoGuardrails())
+    url = args.prometheus_url or ControllerSettings.from_env().prometheus_url
+    prometheus = PrometheusAPI(url, timeout=args.prometheus_timeout) if url else None
+    guardrails: GuardrailSource = (
+        PrometheusGuardrails(prometheus, GuardrailQueries(args.guardrail_window, args.prometheus_selector))
+        if prometheus else NoGuardrails())
     max_age = args.drift_max_age_hours * 3600.0
-    drift: Any
+    drift: DriftSource
     if args.drift_from_prometheus:
-        drift = ob.PrometheusDrift(prometheus, max_age_seconds=max_age, selector=args.prometheus_selector) \
-            if prometheus else ob.NoDrift()
+        drift = PrometheusDrift(prometheus, max_age_seconds=max_age, selector=args.prometheus_selector) \
+            if prometheus else NoDrift()
     else:
-        folder = args.drift_dir or (Path(os.environ[ENV_DRIFT_DIR]) if os.environ.get(ENV_DRIFT_DIR) else home / "drift")
-        drift = ob.FileDrift(folder, max_age)
-    return ob.Sources(ob.LogWindows(logs.predictions_url, logs.labels_url), guardrails, drift)
+        drift = FileDrift(args.drift_dir or DriftSettings.from_env().results_dir(home), max_age)
+    return Sources(LogWindows(logs.predictions_url, logs.labels_url), guardrails, drift)
 
 
 def _start_metrics(port: int | None, metrics: Any) -> None:
@@ -219,17 +228,24 @@ def _approvable(controller: Controller, spec: Spec, status: Status) -> str | Non
 def _local(args: argparse.Namespace) -> int:
     import threading
 
-    from k8s.act import ControllerMetrics, MlflowRegistry, Ports
+    from k8s.act import ControllerMetrics, Ports
     from k8s.controller import Controller, loop
     from k8s.local import LocalLock, LocalServing, LocalStore
+    from k8s.sources.registry import MlflowRegistry
     from kingmaker.errors import TemporaryError
-    from kingmaker.settings import MlflowSettings, default_home
+    from kingmaker.settings import default_home
 
     home = default_home()
     mlflow = MlflowSettings.from_env(home)
-    spec = _spec(args, mlflow.model_name)
-    store = LocalStore(home / "controller", spec)
     metrics = ControllerMetrics()
+
+    def on_reload(outcome: str, message: str) -> None:
+        metrics.policy_reloaded(outcome)
+        if outcome == "invalid":
+            store.event("Warning", "PolicyRejected", message)
+
+    store = LocalStore(home / "controller", _spec(args, mlflow.model_name, on_reload))
+    spec = store.spec
     ports = Ports(MlflowRegistry(mlflow.client(), spec.model_name), LocalServing(home / "serving", spec.model_name),
                   store, metrics)
     controller = Controller(store, ports, _sources(args, home))
@@ -298,11 +314,13 @@ def _kubernetes(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from k8s.act import ControllerMetrics, MlflowRegistry, Ports
+    from k8s.act import ControllerMetrics, Ports
     from k8s.controller import Controller, operate
-    from k8s.kube import Kube, KubeResource, KubeServing, LeaseElector, ServingNames, default_identity
+    from k8s.kube import Kube, KubeResource, KubeServing, ServingNames
+    from k8s.lease import LeaseElector, default_identity
+    from k8s.sources.registry import MlflowRegistry
     from k8s.state import parse_spec
-    from kingmaker.settings import MlflowSettings, default_home
+    from kingmaker.settings import default_home
 
     kube = Kube.connect(args.namespace)
     mlflow = MlflowSettings.from_env()

@@ -111,7 +111,12 @@ class Controller:
 
 
 def loop(controller: Controller, interval: Callable[[], float], stop: threading.Event) -> None:
-    """Reconcile every ``interval()`` seconds (re-read each time: the policy may change) until ``stop``."""
+    """Reconcile every ``interval()`` seconds until ``stop``.
+
+    Each reconcile loads the spec afresh (`ResourceSource.load`: the API server, or the local policy file when
+    it changed, `k8s.local.PolicyFile`) and ``interval()`` is asked again after each, so an edited policy
+    applies from the next look on.
+    """
     while not stop.is_set():
         started = time.monotonic()
         controller.run_once()
@@ -132,10 +137,11 @@ class Elector(Protocol):
 
 
 def _interval(doc: Mapping[str, Any], default: float) -> float:
+    """The resource's ``evaluationIntervalSeconds`` (validated by `k8s.policy.parse_policy`); ``default`` when
+    the spec is invalid (its reconcile reports why)."""
     try:
-        value = doc["spec"]["policy"]["evaluationIntervalSeconds"]
-        return float(value) if isinstance(value, int) and value >= 10 else default
-    except (KeyError, TypeError):
+        return float(st.parse_spec(doc).policy.evaluation_interval_seconds)
+    except PermanentError:
         return default
 
 

@@ -20,7 +20,8 @@ The rules, in order (the first that applies wins):
    HOLD    ``GuardrailUnavailable`` — better, but a guardrail could not be read: never promote blind.
 6. HOLD    ``Inconclusive`` (or, for the PR-AUC plan, ``AwaitingAnalysis`` / ``PlanExhausted``).
 
-Statistics: `k8s.sequential` (why they stay valid under repeated looks is documented there).
+Statistics: `k8s.sequential` (why they stay valid under repeated looks is documented there). It takes
+plain numbers; `criterion_values` and `gain_scale` below are the one place the `Policy` is read for it.
 """
 
 from __future__ import annotations
@@ -34,18 +35,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from k8s import sequential
 from k8s.policy import Approval, Criterion, Policy
-from k8s.sequential import (
-    BettingResult,
-    betting_test,
-    cost_scale,
-    criterion_values,
-    gain_scale,
-    pair_blocks,
-    pr_auc_analysis,
-    split_ratio,
-    transaction_costs,
-)
+from k8s.sequential import BettingResult, betting_test, pair_blocks, pr_auc_analysis, split_ratio, transaction_costs
 from kingmaker.roles import Mode
 
 Floats = NDArray[np.float64]
@@ -349,6 +341,25 @@ class _Test:
     frauds: int  # frauds among the tested rows
 
 
+def criterion_values(scores: Floats, labels: NDArray[np.bool_], missed_costs: Floats,
+                     policy: Policy) -> tuple[Floats, NDArray[np.bool_], NDArray[np.bool_]]:
+    """An arm's per-row values for the policy's criterion (higher is better), tested rows, and alerts.
+
+    Works on ``(n,)`` or ``(runs, n)`` arrays; `decide` and the simulator (`k8s.simulate`) both call it.
+    """
+    if policy.criterion is Criterion.EXPECTED_COST:
+        return sequential.cost_values(scores, labels, missed_costs, alert_rate=policy.alert_rate,
+                                      review_cost=policy.cost.review_cost, bound=policy.cost.bound)
+    if policy.criterion is Criterion.RECALL_AT_FPR:
+        return sequential.recall_values(scores, labels, fpr=policy.fpr)
+    raise ValueError(f"{policy.criterion} is not a per-row criterion (it uses the PR-AUC plan)")
+
+
+def gain_scale(policy: Policy, paired: bool) -> float:
+    """`k8s.sequential.gain_scale` for the policy's criterion."""
+    return sequential.gain_scale(recall=policy.criterion is Criterion.RECALL_AT_FPR, paired=paired)
+
+
 def _missed(m: Matured, policy: Policy) -> Floats:
     constant = np.full(m.score.shape, policy.cost.missed_fraud_cost)
     if policy.cost.amount_feature is None or m.amount is None or policy.cost.amount_cap is None:
@@ -383,7 +394,7 @@ def _betting(a: Matured, b: Matured, obs: Observations, policy: Policy) -> _Test
         cost_a = transaction_costs(fa, a.label, _missed(a, policy), policy.cost.review_cost)
         cost_b = transaction_costs(fb, b.label, _missed(b, policy), policy.cost.review_cost)
         return _Test(1000.0 * _mean(cost_a[rows_a]), 1000.0 * _mean(cost_b[rows_b]), result,
-                     -1000.0 * cost_scale(policy) * scale, frauds)
+                     -1000.0 * sequential.cost_scale(policy.cost.bound, policy.alert_rate) * scale, frauds)
     # recall: the gain's mean is (fraud share) x (recall difference), up to the scale
     share = (frauds / (rows_a.sum() if obs.paired else rows_a.sum() + rows_b.sum())) if frauds else math.nan
     return _Test(_mean(fa[rows_a & a.label].astype(np.float64)), _mean(fb[rows_b & b.label].astype(np.float64)),

@@ -1,5 +1,8 @@
 """Local mode: the same controller against the local MLflow store, logs and ``kingmaker serve`` processes.
 
+The resource's spec comes from a ``ChampionChallenger`` YAML (``kingmaker promote --policy FILE``), re-read
+whenever the file changes (`PolicyFile`), or from the CRD defaults.
+
 Files (all under ``$KINGMAKER_HOME``):
 
 ``controller/<name>.json``
@@ -32,7 +35,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from k8s.state import Arms, Spec, Status, rfc3339
+import yaml
+
+from k8s.state import Arms, Spec, Status, parse_spec, rfc3339
 from kingmaker import arms as arms_file
 from kingmaker.errors import PermanentError, TemporaryError
 from kingmaker.roles import Mode
@@ -49,17 +54,90 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+# --- the spec ------------------------------------------------------------------------------------
+
+def read_spec(path: Path, *, default_name: str, name: str | None = None) -> Spec:
+    """A ``ChampionChallenger`` YAML file -> `Spec` (`k8s.state.parse_spec`); ``name`` overrides its name."""
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise PermanentError(f"cannot read policy {path}: {exc}") from exc
+    spec = parse_spec(doc, default_name=default_name)
+    return replace(spec, name=name) if name else spec
+
+
+class PolicyFile:
+    """The spec local mode acts on, from a ``ChampionChallenger`` YAML file, re-read whenever the file changes.
+
+    `current` looks at the file's mtime, size and inode on every call and parses it again when they changed.
+    The first read must succeed (a bad file at start is a `PermanentError`). Later, an edit that does not
+    parse — bad YAML, a bad field, or another resource name or model (the store, the registry and serving
+    were set up for the first) — keeps the last good spec: one error line is logged and ``on_reload`` is
+    called with ``"invalid"`` once per bad version of the file; a good edit calls it with ``"ok"``.
+    """
+
+    def __init__(self, path: Path, *, default_name: str, name: str | None = None,
+                 on_reload: Callable[[str, str], None] = lambda outcome, message: None):
+        self.path = path
+        self.default_name = default_name
+        self.name = name
+        self.on_reload = on_reload
+        self._seen = self._stamp()
+        self._spec = read_spec(path, default_name=default_name, name=name)
+
+    def _stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size, st.st_ino
+
+    def _read(self) -> Spec:
+        spec = read_spec(self.path, default_name=self.default_name, name=self.name)
+        for what, old, new in (("metadata.name", self._spec.name, spec.name),
+                               ("spec.modelName", self._spec.model_name, spec.model_name)):
+            if old != new:
+                raise PermanentError(f"{what} changed from {old!r} to {new!r}: restart the controller for another "
+                                     f"resource")
+        return spec
+
+    def current(self) -> Spec:
+        """The spec of the file as it is now, or the last good one if the file's new content is invalid."""
+        stamp = self._stamp()
+        if stamp == self._seen:
+            return self._spec
+        self._seen = stamp
+        try:
+            self._spec = self._read()
+        except PermanentError as exc:
+            message = f"policy {self.path} rejected, keeping the last good policy: {exc}"
+            log.error("%s", message)
+            self.on_reload("invalid", message)
+        else:
+            log.info("policy %s reloaded", self.path)
+            self.on_reload("ok", f"policy {self.path} reloaded")
+        return self._spec
+
+
 # --- status and approval ------------------------------------------------------------------------
 
 class LocalStore:
-    """`ResourceSource` and `StatusStore` over ``controller/<name>.json``; Events go to a JSON-lines file."""
+    """`ResourceSource` and `StatusStore` over ``controller/<name>.json``; Events go to a JSON-lines file.
 
-    def __init__(self, folder: Path, spec: Spec, *, clock: Callable[[], float] = time.time):
+    ``spec`` is fixed, or a `PolicyFile` that `load` re-reads (so every reconcile sees the current policy).
+    """
+
+    def __init__(self, folder: Path, spec: Spec | PolicyFile, *, clock: Callable[[], float] = time.time):
         self.folder = folder
-        self.spec = spec
-        self.path = folder / f"{spec.name}.json"
-        self.events_path = folder / f"{spec.name}.events.jsonl"
+        self.source = spec
+        self.name = self.spec.name
+        self.path = folder / f"{self.name}.json"
+        self.events_path = folder / f"{self.name}.events.jsonl"
         self.clock = clock
+
+    @property
+    def spec(self) -> Spec:
+        return self.source.current() if isinstance(self.source, PolicyFile) else self.source
 
     def _doc(self) -> dict[str, Any]:
         try:
@@ -79,9 +157,9 @@ class LocalStore:
         return Status.from_dict(self._doc().get("status"))
 
     def load(self) -> tuple[Spec, Status]:
-        doc = self._doc()
-        approved = doc.get("approvedChallengerVersion") or self.spec.approved_challenger_version
-        return replace(self.spec, approved_challenger_version=approved), Status.from_dict(doc.get("status"))
+        spec, doc = self.spec, self._doc()
+        approved = doc.get("approvedChallengerVersion") or spec.approved_challenger_version
+        return replace(spec, approved_challenger_version=approved), Status.from_dict(doc.get("status"))
 
     def save(self, status: Status) -> None:
         doc = self._doc()
@@ -95,7 +173,7 @@ class LocalStore:
 
     def event(self, type_: str, reason: str, message: str) -> None:
         line = {"time": rfc3339(self.clock()), "type": type_, "reason": reason, "message": message,
-                "regarding": {"kind": "ChampionChallenger", "name": self.spec.name}}
+                "regarding": {"kind": "ChampionChallenger", "name": self.name}}
         try:
             self.events_path.parent.mkdir(parents=True, exist_ok=True)
             with self.events_path.open("a") as fh:

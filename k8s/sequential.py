@@ -19,7 +19,7 @@ distribution-free test that needs no normal approximation and no planned horizon
    The first block is warm-up and is not tested. Thresholds are therefore *predictable* (fixed before the
    row is seen), which is what the martingale argument below needs, and cost compares ranking quality,
    not threshold choice.
-2. *Gain per observation, in [-1, 1]* (`criterion_values`): each row gets a value, higher is better, and
+2. *Gain per observation, in [-1, 1]* (`cost_values`, `recall_values`): each row gets a value, higher is better, and
    the gain is challenger value minus champion value. Expected cost: ``cost`` is the review cost for an
    alert, the missed cost (amount clipped at ``amountCap``, or the constant) for an unflagged fraud, else
    0; the value is ``-(cost - kappa * (flagged - alert_rate))`` scaled by ``bound * (1 + 2 alert_rate)``
@@ -68,7 +68,8 @@ runs with 5 analyses up to 5,000 rows per arm, 4.7 % false promotions but 8.3 % 
 expected cost or recall at a fixed FPR.
 
 Everything here is pure numpy/scipy, works on ``(runs, n)`` arrays so the benchmark simulates hundreds of
-experiments at once with the very code `decide` runs, and has no I/O.
+experiments at once with the very code `decide` runs, and has no I/O. The functions take plain numbers
+(rates, costs, alpha, plan sizes), never the policy: `k8s.decide` reads the `Policy` and passes them in.
 """
 
 from __future__ import annotations
@@ -80,8 +81,6 @@ from functools import lru_cache
 import numpy as np
 from numpy.typing import NDArray
 from scipy import optimize, stats
-
-from k8s.policy import Criterion, Policy
 
 #: Rows per threshold block: an arm's threshold is refreshed every this many of its rows, from all its
 #: earlier rows; the first block only warms the threshold up.
@@ -198,7 +197,7 @@ def marginal_alert_cost(scores: Floats, labels: Bools, missed_costs: Floats, *, 
     For rows of block ``j``: ``review_cost - (missed costs of frauds) / (rows + 1)`` over the arm's rows in
     blocks ``< j`` scored between its thresholds for alert rates ``2 * rate`` and ``rate / 2``. It is the
     exchange rate that makes a threshold estimated a little low (more alerts: more reviews, fewer misses) or
-    a little high neither help nor hurt to first order (`criterion_values`).
+    a little high neither help nor hurt to first order (`cost_values`).
     """
     s = np.atleast_2d(np.asarray(scores, dtype=np.float64))
     y = np.atleast_2d(np.asarray(labels, dtype=bool))
@@ -211,39 +210,36 @@ def marginal_alert_cost(scores: Floats, labels: Bools, missed_costs: Floats, *, 
     return out.reshape(np.shape(scores)) if np.ndim(scores) == 1 else out
 
 
-def criterion_values(scores: Floats, labels: Bools, missed_costs: Floats,
-                     policy: Policy) -> tuple[Floats, Bools, Bools]:
-    """An arm's per-row values for the policy's criterion (higher is better), tested rows, and alerts.
+def cost_values(scores: Floats, labels: Bools, missed_costs: Floats, *, alert_rate: float, review_cost: float,
+                bound: float, block: int = THRESHOLD_BLOCK) -> tuple[Floats, Bools, Bools]:
+    """Per-row expected-cost values (higher is better) at the matched ``alert_rate``; tested rows; alerts.
 
-    Works on ``(n,)`` or ``(runs, n)`` arrays; `decide` and the simulator both call it.
+    The value is ``-(cost - kappa * (flagged - alert_rate)) / cost_scale(bound, alert_rate)``, with ``bound``
+    the largest cost one transaction can have. Works on ``(n,)`` or ``(runs, n)`` arrays; `decide` and the
+    simulator both call it (through `k8s.decide.criterion_values`).
     """
     y = np.asarray(labels, dtype=bool)
-    if policy.criterion is Criterion.EXPECTED_COST:
-        r = policy.alert_rate
-        tau = block_thresholds(scores, r)
-        flagged = scores >= tau
-        cost = transaction_costs(flagged, y, missed_costs, policy.cost.review_cost)
-        kappa = marginal_alert_cost(scores, y, missed_costs, alert_rate=r, review_cost=policy.cost.review_cost)
-        corrected = cost - kappa * (flagged - r)  # in [-bound * r, bound * (1 + r)]
-        return -corrected / cost_scale(policy), np.isfinite(tau), flagged
-    if policy.criterion is Criterion.RECALL_AT_FPR:
-        return recall_values(scores, y, fpr=policy.fpr)
-    raise ValueError(f"{policy.criterion} is not a per-row criterion (it uses the PR-AUC plan)")
+    tau = block_thresholds(scores, alert_rate, block=block)
+    flagged = scores >= tau
+    cost = transaction_costs(flagged, y, missed_costs, review_cost)
+    kappa = marginal_alert_cost(scores, y, missed_costs, alert_rate=alert_rate, review_cost=review_cost, block=block)
+    corrected = cost - kappa * (flagged - alert_rate)  # in [-bound * r, bound * (1 + r)]
+    return -corrected / cost_scale(bound, alert_rate), np.isfinite(tau), flagged
 
 
-def cost_scale(policy: Policy) -> float:
+def cost_scale(bound: float, alert_rate: float) -> float:
     """Cost values are ``-corrected cost / cost_scale``; the scale keeps their differences in [-1, 1]."""
-    return policy.cost.bound * (1.0 + 2.0 * policy.alert_rate)
+    return bound * (1.0 + 2.0 * alert_rate)
 
 
-def gain_scale(policy: Policy, paired: bool) -> float:
+def gain_scale(*, recall: bool, paired: bool) -> float:
     """Divide value differences by this to keep gains in [-1, 1].
 
-    Cost values lie in [-(1 + r), r] / (1 + 2r) for alert rate r, so any difference is in [-1, 1]. Recall values lie in [-odds, 1]; paired rows
-    share their label, so a difference is again in [-1, 1], but block means of different rows (split mode)
-    can differ by up to 2.
+    Cost values (`cost_values`) lie in [-(1 + r), r] / (1 + 2r) for alert rate r, so any difference is in
+    [-1, 1]. Recall values (`recall_values`) lie in [-odds, 1]; paired rows share their label, so a
+    difference is again in [-1, 1], but block means of different rows (split mode) can differ by up to 2.
     """
-    return 2.0 if policy.criterion is Criterion.RECALL_AT_FPR and not paired else 1.0
+    return 2.0 if recall and not paired else 1.0
 
 
 # --- pairing -----------------------------------------------------------------------------------

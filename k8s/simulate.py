@@ -25,15 +25,9 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import optimize, stats
 
+from k8s.decide import criterion_values, gain_scale
 from k8s.policy import CostMatrix, Criterion, Policy
-from k8s.sequential import (
-    criterion_values,
-    gain_scale,
-    log_wealth,
-    pair_blocks,
-    split_ratio,
-    transaction_costs,
-)
+from k8s.sequential import log_wealth, pair_blocks, split_ratio, transaction_costs
 
 Floats = NDArray[np.float64]
 Bools = NDArray[np.bool_]

@@ -104,6 +104,9 @@ CONTROLLER = (
                "Matured labelled transactions per arm in the last decision", ("arm", "model_version")),
     MetricSpec("kingmaker_controller_matured_positives", Kind.GAUGE,
                "Matured frauds per arm in the last decision", ("arm", "model_version")),
+    MetricSpec("kingmaker_controller_policy_reloads", Kind.COUNTER,
+               "Local mode: re-reads of the changed policy file: outcome=ok|invalid (an invalid edit keeps the "
+               "last good policy)", ("outcome",)),
 )
 
 # --- serving (bentos): Scorer (one process per arm) and Router ---------------------------------

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from kingmaker import __version__
 from kingmaker.errors import KingmakerError
+from kingmaker.settings import MlflowSettings, environment_help
 
 #: name -> (module, one-line summary). Benchmarks are ``kingmaker bench <name>``.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -32,16 +33,14 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "drift": ("drift_service.bench", "drift analysis speed: 1M rows x 30 features vs a 100k reference, and time vs rows"),
 }
 
-EPILOG = """\
-environment:
-  KINGMAKER_HOME        data folder for the embedded default (default ./.kingmaker)
-  MLFLOW_TRACKING_URI   use this MLflow tracking server instead of the local SQLite store
+EPILOG = environment_help(MlflowSettings) + """
 
-Run `kingmaker <command> --help` for the options of one command."""
+Run `kingmaker <command> --help` for the options of one command and the environment it reads."""
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows an option's default unless its help already says it, or there is nothing to show."""
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default unless its help already says it, or there is nothing to show; keeps the
+    layout of the description and the "environment:" epilog (`kingmaker.settings.environment_help`)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""

@@ -1,4 +1,4 @@
-"""The two kinds of failure (see STYLE.md).
+"""The two kinds of failure (CONTRIBUTING.md, "Errors").
 
 `PermanentError` means the input or configuration is wrong: report it in one line and stop,
 retrying will not help. `TemporaryError` means something we depend on is unavailable right now

@@ -1,48 +1,121 @@
 """Typed settings, one object per topic, read once at the entry point and passed down.
 
-Every field has a one-line doc in its `metadata["doc"]`; `--help` texts are built from them.
-Environment variables override defaults; command-line flags override both.
+Every field has a one-line doc in its ``metadata["doc"]``, and a field read from the environment names its
+variable in ``metadata["env"]``. Each class's ``from_env`` reads exactly those variables (through
+`read_env`), and `environment_help` turns the same metadata into the "environment:" section of a command's
+``--help``. Environment variables override defaults; command-line flags override both. An empty variable
+counts as unset, unless the field says '' is a value (``metadata["empty"]``, e.g. "no challenger").
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import textwrap
+import types
+import typing
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from kingmaker.errors import PermanentError
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
+HOME_ENV = "KINGMAKER_HOME"
 
-def _doc(text: str) -> dict[str, str]:
-    return {"doc": text}
+
+def _doc(text: str, env: str | None = None, *, empty: bool = False) -> dict[str, Any]:
+    meta: dict[str, Any] = {"doc": text}
+    if env is not None:
+        meta["env"] = env
+    if empty:
+        meta["empty"] = True
+    return meta
 
 
 def default_home() -> Path:
     """The project data folder: `$KINGMAKER_HOME`, else `./.kingmaker`."""
-    return Path(os.environ.get("KINGMAKER_HOME", ".kingmaker")).resolve()
+    return Path(os.environ.get(HOME_ENV, ".kingmaker")).resolve()
+
+
+def _tokens(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def read_env(cls: type) -> dict[str, Any]:
+    """The fields of settings class ``cls`` whose ``metadata["env"]`` variable is set, converted to the field's type.
+
+    Types: ``str``, ``int``, ``float``, ``Path`` (each optionally ``| None``) and ``tuple[str, ...]`` (a
+    comma-separated list). A value that does not convert is a `PermanentError` naming the variable.
+    """
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        var = f.metadata.get("env")
+        raw = None if var is None else os.environ.get(var)
+        if raw is None or (raw == "" and not f.metadata.get("empty")):
+            continue
+        kind = hints[f.name]
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None: the X
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        if kind == tuple[str, ...]:
+            values[f.name] = _tokens(raw)
+        elif kind in (str, int, float, Path):
+            try:
+                values[f.name] = kind(raw)
+            except ValueError as exc:
+                raise PermanentError(f"{var}={raw!r} is not a valid {kind.__name__}") from exc
+        else:  # pragma: no cover - a programming error, caught by the unit tests
+            raise TypeError(f"{cls.__name__}.{f.name}: cannot read {kind} from the environment")
+    return values
+
+
+def _default(f: Field[Any]) -> str:
+    """`` (default: x)`` for a static, meaningful default the doc does not already state."""
+    if f.default is MISSING or f.default in (None, "", ()) or "default" in f.metadata["doc"]:
+        return ""
+    return f" (default: {f.default})"
+
+
+def environment_help(*settings: type | tuple[type, str], width: int = 100) -> str:
+    """The "environment:" section of a command's ``--help``: each variable the settings read, with its doc.
+
+    ``settings`` are settings classes (all their variables) or ``(class, field name)`` for one variable.
+    `KINGMAKER_HOME`, on which the embedded defaults rest, comes first.
+    """
+    rows = [(HOME_ENV, "data folder of the embedded defaults: MLflow SQLite store, logs, serving and "
+                       "controller files (default: ./.kingmaker)")]
+    for item in settings:
+        cls, only = item if isinstance(item, tuple) else (item, None)
+        for f in fields(cls):
+            var = f.metadata.get("env")
+            if var is not None and (only is None or f.name == only) and var not in {r[0] for r in rows}:
+                rows.append((var, f.metadata["doc"] + _default(f)))
+    name_width = max(len(name) for name, _ in rows) + 2
+    lines = ["environment (command-line options win):"]
+    for name, text in rows:
+        lines += textwrap.wrap(text, width, initial_indent=f"  {name:<{name_width}}",
+                               subsequent_indent=" " * (name_width + 2))
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)
 class MlflowSettings:
     """Where runs and registered models live."""
 
-    tracking_uri: str = field(metadata=_doc("MLflow tracking URI (default: SQLite file in the data folder)"))
+    tracking_uri: str = field(metadata=_doc("MLflow tracking URI (default: SQLite file mlflow.db in the data folder)",
+                                            "MLFLOW_TRACKING_URI"))
     artifact_root: str = field(metadata=_doc("where new experiments store artifacts (local default only)"))
     experiment: str = field(default="kingmaker-fraud", metadata=_doc("MLflow experiment name"))
-    model_name: str = field(default="fraud-detector", metadata=_doc("registered model name"))
+    model_name: str = field(default="fraud-detector", metadata=_doc("registered model name", "KINGMAKER_MODEL_NAME"))
 
     @classmethod
     def from_env(cls, home: Path | None = None, **overrides: str | None) -> MlflowSettings:
         """Embedded default (SQLite + local artifacts under `home`) unless MLFLOW_TRACKING_URI is set."""
         home = home or default_home()
-        values: dict[str, str] = {
-            "tracking_uri": os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}",
-            "artifact_root": (home / "mlartifacts").as_uri(),
-        }
-        if os.environ.get("KINGMAKER_MODEL_NAME"):
-            values["model_name"] = os.environ["KINGMAKER_MODEL_NAME"]
+        values: dict[str, str] = {"tracking_uri": f"sqlite:///{home / 'mlflow.db'}",
+                                  "artifact_root": (home / "mlartifacts").as_uri(), **read_env(cls)}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -63,80 +136,99 @@ class MlflowSettings:
 class LogSettings:
     """Where the prediction and label logs are written (a folder or any fsspec URL)."""
 
-    predictions_url: str = field(metadata=_doc("prediction log dataset (Parquet, partitioned by date)"))
-    labels_url: str = field(metadata=_doc("label log dataset (Parquet, partitioned by date)"))
+    predictions_url: str = field(metadata=_doc("prediction log dataset, a folder or fsspec URL (Parquet, partitioned "
+                                               "by date; default: logs/predictions in the data folder)",
+                                               "KINGMAKER_PREDICTIONS_URL"))
+    labels_url: str = field(metadata=_doc("label log dataset, a folder or fsspec URL (default: logs/labels in the "
+                                          "data folder)", "KINGMAKER_LABELS_URL"))
 
     @classmethod
     def from_env(cls, home: Path | None = None) -> LogSettings:
         home = home or default_home()
-        return cls(
-            predictions_url=os.environ.get("KINGMAKER_PREDICTIONS_URL", str(home / "logs" / "predictions")),
-            labels_url=os.environ.get("KINGMAKER_LABELS_URL", str(home / "logs" / "labels")),
-        )
+        return cls(**{"predictions_url": str(home / "logs" / "predictions"),
+                      "labels_url": str(home / "logs" / "labels"), **read_env(cls)})
 
 
-def _env_tokens(name: str) -> tuple[str, ...]:
-    return tuple(t.strip() for t in os.environ.get(name, "").split(",") if t.strip())
+@dataclass(frozen=True)
+class DriftSettings:
+    """The drift job's environment; the controller reads the job's results from the same `output_dir`."""
+
+    output_dir: Path | None = field(default=None, metadata=_doc(
+        "folder the drift job writes drift.json and report.html to, and the controller reads them from (default: "
+        "one sub-folder per run of drift/ in the data folder)", "KINGMAKER_DRIFT_OUTPUT_DIR"))
+    window: str = field(default="24h", metadata=_doc("the drift job analyses the log rows of this long a time span, "
+                                                     "e.g. 30m, 6h, 7d", "KINGMAKER_DRIFT_WINDOW"))
+    experiment: str = field(default="kingmaker-drift", metadata=_doc("MLflow experiment of the drift runs",
+                                                                     "KINGMAKER_DRIFT_EXPERIMENT"))
+    pushgateway_url: str | None = field(default=None, metadata=_doc(
+        "Prometheus Pushgateway the drift job pushes its gauges to (default: none)", "KINGMAKER_PUSHGATEWAY_URL"))
+
+    @classmethod
+    def from_env(cls) -> DriftSettings:
+        return cls(**read_env(cls))
+
+    def results_dir(self, home: Path) -> Path:
+        """Where the controller looks for drift results (``drift.json`` here or one sub-folder down)."""
+        return self.output_dir or home / "drift"
+
+    def run_dir(self, home: Path, stamp: str) -> Path:
+        """Where one run writes: `output_dir` itself, else a ``stamp`` sub-folder of `results_dir`."""
+        return self.output_dir or self.results_dir(home) / stamp
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    """Where the promotion controller reads its guardrails."""
+
+    prometheus_url: str | None = field(default=None, metadata=_doc(
+        "Prometheus the controller reads the challenger's guardrails from (default: none: no guardrail is "
+        "readable and nothing is promoted)", "KINGMAKER_PROMETHEUS_URL"))
+
+    @classmethod
+    def from_env(cls) -> ControllerSettings:
+        return cls(**read_env(cls))
 
 
 @dataclass(frozen=True)
 class ServingSettings:
     """How the Scorer (one per arm) and the Router run. Read once per process, in the service's __init__."""
 
-    model_uri: str = field(default="models:/fraud-detector@champion",
-                           metadata=_doc("Scorer: model to serve, models:/<name>@<alias> or models:/<name>/<version>"))
-    arm: str = field(default="champion", metadata=_doc("Scorer: the arm this process serves (metric label)"))
-    champion_url: str = field(default="http://127.0.0.1:3001", metadata=_doc("Router: base URL of the champion Scorer"))
-    challenger_url: str = field(default="http://127.0.0.1:3002",
-                                metadata=_doc("Router: base URL of the challenger Scorer ('' = none)"))
-    router_config: str = field(default="", metadata=_doc("Router: YAML file with mode/weights/salt, hot-reloaded "
-                                                          "('' = built-in defaults)"))
-    max_batch_rows: int = field(default=10_000, metadata=_doc("largest batch accepted per request"))
-    max_body_bytes: int = field(default=64 * 1024 * 1024, metadata=_doc("largest request body accepted (413 above)"))
-    log_flush_rows: int = field(default=2_000, metadata=_doc("Router: flush the prediction log at this many rows"))
-    log_flush_seconds: float = field(default=2.0, metadata=_doc("Router: ... or when the oldest row is this old"))
-    log_max_buffer_rows: int = field(default=1_000_000,
-                                     metadata=_doc("Router: rows kept in memory while the log store is down"))
-    feedback_tokens: tuple[str, ...] = field(default=(), repr=False,
-                                             metadata=_doc("Router: bearer tokens accepted on /feedback"))
-    feedback_token_file: str = field(default="", metadata=_doc("Router: file of /feedback tokens, one per line "
-                                                                "(re-read when it changes)"))
-    scoring_tokens: tuple[str, ...] = field(default=(), repr=False,
-                                            metadata=_doc("bearer tokens required on scoring endpoints (none = open)"))
-    scoring_token_file: str = field(default="", metadata=_doc("file of scoring tokens, one per line"))
-    drain_seconds: float = field(default=0.0, metadata=_doc("on SIGTERM, report not-ready this long before "
-                                                            "stopping (usually the chart's preStop does this)"))
-    feedback_lookup_days: int = field(default=30, metadata=_doc("Router: days of prediction log searched for "
-                                                                 "/feedback request ids"))
+    model_uri: str = field(default="models:/fraud-detector@champion", metadata=_doc(
+        "Scorer: model to serve, models:/<name>@<alias> or models:/<name>/<version>", "KINGMAKER_MODEL_URI"))
+    arm: str = field(default="champion", metadata=_doc("Scorer: the arm this process serves (metric label)",
+                                                       "KINGMAKER_ARM"))
+    champion_url: str = field(default="http://127.0.0.1:3001", metadata=_doc(
+        "Router: base URL of the champion Scorer", "KINGMAKER_CHAMPION_URL"))
+    challenger_url: str = field(default="http://127.0.0.1:3002", metadata=_doc(
+        "Router: base URL of the challenger Scorer ('' = none)", "KINGMAKER_CHALLENGER_URL", empty=True))
+    router_config: str = field(default="", metadata=_doc(
+        "Router: YAML file with mode/weights/salt, hot-reloaded ('' = built-in defaults)", "KINGMAKER_ROUTER_CONFIG"))
+    max_batch_rows: int = field(default=10_000, metadata=_doc("largest batch accepted per request",
+                                                              "KINGMAKER_MAX_BATCH_ROWS"))
+    max_body_bytes: int = field(default=64 * 1024 * 1024, metadata=_doc(
+        "largest request body accepted (413 above)", "KINGMAKER_MAX_BODY_BYTES"))
+    log_flush_rows: int = field(default=2_000, metadata=_doc(
+        "Router: flush the prediction log at this many rows", "KINGMAKER_LOG_FLUSH_ROWS"))
+    log_flush_seconds: float = field(default=2.0, metadata=_doc(
+        "Router: ... or when the oldest row is this old", "KINGMAKER_LOG_FLUSH_SECONDS"))
+    log_max_buffer_rows: int = field(default=1_000_000, metadata=_doc(
+        "Router: rows kept in memory while the log store is down", "KINGMAKER_LOG_MAX_BUFFER_ROWS"))
+    feedback_tokens: tuple[str, ...] = field(default=(), repr=False, metadata=_doc(
+        "Router: bearer tokens accepted on /feedback (comma-separated)", "KINGMAKER_FEEDBACK_TOKEN"))
+    feedback_token_file: str = field(default="", metadata=_doc(
+        "Router: file of /feedback tokens, one per line (re-read when it changes)", "KINGMAKER_FEEDBACK_TOKEN_FILE"))
+    scoring_tokens: tuple[str, ...] = field(default=(), repr=False, metadata=_doc(
+        "bearer tokens required on scoring endpoints (comma-separated; none = open)", "KINGMAKER_SCORING_TOKEN"))
+    scoring_token_file: str = field(default="", metadata=_doc("file of scoring tokens, one per line",
+                                                              "KINGMAKER_SCORING_TOKEN_FILE"))
+    drain_seconds: float = field(default=0.0, metadata=_doc(
+        "on SIGTERM, report not-ready this long before stopping (usually the chart's preStop does this)",
+        "KINGMAKER_DRAIN_SECONDS"))
+    feedback_lookup_days: int = field(default=30, metadata=_doc(
+        "Router: days of prediction log searched for /feedback request ids", "KINGMAKER_FEEDBACK_LOOKUP_DAYS"))
 
     @classmethod
     def from_env(cls, **overrides: object) -> ServingSettings:
         """Defaults, overridden by KINGMAKER_* environment variables, overridden by ``overrides``."""
-        env = os.environ
-        values: dict[str, object] = {}
-        text = {"model_uri": "KINGMAKER_MODEL_URI", "arm": "KINGMAKER_ARM",
-                "champion_url": "KINGMAKER_CHAMPION_URL", "challenger_url": "KINGMAKER_CHALLENGER_URL",
-                "router_config": "KINGMAKER_ROUTER_CONFIG", "feedback_token_file": "KINGMAKER_FEEDBACK_TOKEN_FILE",
-                "scoring_token_file": "KINGMAKER_SCORING_TOKEN_FILE"}
-        numbers = {"max_batch_rows": ("KINGMAKER_MAX_BATCH_ROWS", int),
-                   "max_body_bytes": ("KINGMAKER_MAX_BODY_BYTES", int),
-                   "log_flush_rows": ("KINGMAKER_LOG_FLUSH_ROWS", int),
-                   "log_flush_seconds": ("KINGMAKER_LOG_FLUSH_SECONDS", float),
-                   "log_max_buffer_rows": ("KINGMAKER_LOG_MAX_BUFFER_ROWS", int),
-                   "drain_seconds": ("KINGMAKER_DRAIN_SECONDS", float),
-                   "feedback_lookup_days": ("KINGMAKER_FEEDBACK_LOOKUP_DAYS", int)}
-        for key, var in text.items():
-            if var in env:
-                values[key] = env[var]
-        for key, (var, kind) in numbers.items():
-            if env.get(var):
-                try:
-                    values[key] = kind(env[var])
-                except ValueError as exc:
-                    from kingmaker.errors import PermanentError
-
-                    raise PermanentError(f"{var}={env[var]!r} is not a valid {kind.__name__}") from exc
-        values["feedback_tokens"] = _env_tokens("KINGMAKER_FEEDBACK_TOKEN")
-        values["scoring_tokens"] = _env_tokens("KINGMAKER_SCORING_TOKEN")
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)  # type: ignore[arg-type]
+        values = {**read_env(cls), **{k: v for k, v in overrides.items() if v is not None}}
+        return cls(**values)

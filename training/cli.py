@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kingmaker.settings import MlflowSettings, environment_help
+
 if TYPE_CHECKING:
     from training.data import Dataset
 
@@ -36,6 +38,7 @@ def load_data(args: argparse.Namespace) -> Dataset:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = environment_help(MlflowSettings)
     add_data_arguments(p)
     g = p.add_argument_group("training")
     g.add_argument("--candidates", default="xgboost,logreg,forest", help="comma-separated: xgboost, logreg, forest")
@@ -62,7 +65,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kingmaker.settings import MlflowSettings
     from training import metrics
     from training.pipeline import TrainConfig, train
 

@@ -19,15 +19,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx
 import pandas as pd
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
-from kingmaker import reference
-from kingmaker.errors import TemporaryError
+from kingmaker import mlflow_errors, reference
 from kingmaker.settings import MlflowSettings
 from training.data import Dataset
 
@@ -53,26 +51,15 @@ def signature(x: pd.DataFrame) -> ModelSignature:
                           outputs=Schema([ColSpec("double", "fraud_probability")]))
 
 
-def check_reachable(settings: MlflowSettings) -> None:
-    uri = settings.tracking_uri
-    if uri.startswith(("http://", "https://")):
-        try:
-            httpx.get(uri.rstrip("/") + "/health", timeout=5.0).raise_for_status()
-        except httpx.HTTPError as exc:
-            raise TemporaryError(f"cannot reach the MLflow tracking server at {uri}: {exc}") from exc
-
-
 class Tracker:
     def __init__(self, settings: MlflowSettings):
-        check_reachable(settings)
+        mlflow_errors.check_reachable(settings.tracking_uri)
         self.settings = settings
         self.client = settings.client()
-        try:
+        with mlflow_errors.translated(f"opening experiment {settings.experiment!r} at {settings.tracking_uri}"):
             exp = self.client.get_experiment_by_name(settings.experiment)
             self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
                 settings.experiment, artifact_location=settings.artifact_root if settings.is_local_sqlite else None)
-        except MlflowException as exc:
-            raise TemporaryError(f"MLflow at {settings.tracking_uri} failed: {exc.message}") from exc
 
     @contextmanager
     def parent_run(self, ds: Dataset, cfg: TrainConfig, tr: Dataset, te: Dataset) -> Iterator[ParentRun]:

@@ -33,7 +33,7 @@ import yaml
 from prometheus_client import CollectorRegistry, start_http_server
 
 from k8s.decide import GuardrailReadings
-from k8s.observe import GuardrailQueries, PrometheusAPI, PrometheusGuardrails
+from k8s.sources.prometheus import GuardrailQueries, PrometheusAPI, PrometheusGuardrails
 from k8s.state import Pair
 from kingmaker import logs
 from kingmaker.catalog import CATALOG, create

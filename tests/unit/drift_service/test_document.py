@@ -1,4 +1,4 @@
-"""drift.json and the MLflow metrics: plain, strict JSON that mirrors the result."""
+"""A drift result as drift.json (`kingmaker.drift_result`) and as MLflow metrics: strict JSON that mirrors the result."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 import numpy as np
 
 from drift_service.analysis import ArmReference, Policy, Window, analyse
-from drift_service.document import FORMAT, Context, mlflow_metrics, to_document
+from drift_service.document import mlflow_metrics, to_document
 from drift_service.stats import Correction
+from kingmaker.drift_result import FORMAT_VERSION, Context, from_json, to_json
 from kingmaker.roles import Arm
 
 from .conftest import log_rows, make_reference, normal_frame
@@ -27,8 +28,10 @@ def test_document_round_trips_through_strict_json() -> None:
     live.loc[:9, "f 02"] = np.nan
     result = analyse(Window(log_rows(live), None, None, "m"), ref, [ArmReference(Arm.CHAMPION, "1", ref)],
                      Policy(correction=Correction.BONFERRONI))
-    doc = json.loads(json.dumps(to_document(result, CONTEXT), allow_nan=False))
-    assert doc["format"] == FORMAT
+    document = to_document(result, CONTEXT)
+    doc = json.loads(json.dumps(to_json(document), allow_nan=False))
+    assert from_json(doc) == document
+    assert doc["format"] == FORMAT_VERSION
     assert doc["context"]["until"] == "2026-03-02T00:00:00+00:00" and doc["context"]["since"] is None
     assert doc["severity"] == result.severity.value == "severe"
     assert doc["drifted_features"] == ["amount"]

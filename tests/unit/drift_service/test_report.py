@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 
 from drift_service.analysis import ArmReference, DriftResult, Policy, Window, analyse
-from drift_service.document import Context
 from drift_service.report import render
+from kingmaker.drift_result import Context
 from kingmaker.roles import Arm
 
 from .conftest import log_rows, make_reference, normal_frame

@@ -22,12 +22,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from k8s.act import ControllerMetrics, MlflowRegistry, Ports
+from k8s.act import ControllerMetrics, Ports
 from k8s.decide import ArmRows, DriftSummary, GuardrailReadings, Observations
 from k8s.local import LocalServing, LocalStore
 from k8s.observe import Sources
 from k8s.policy import Policy, parse_policy
 from k8s.simulate import Scenario, shadow_traffic
+from k8s.sources.registry import MlflowRegistry
 from k8s.state import Arms, Pair, Spec, Status, Traffic
 from kingmaker import logs
 from kingmaker.roles import Mode
@@ -252,7 +253,7 @@ class Fixed:
 
 
 def sources(home: Home, fixed: Fixed | None = None) -> Sources:
-    from k8s.observe import LogWindows
+    from k8s.sources.logs import LogWindows
 
     f = fixed or Fixed()
     return Sources(LogWindows(home.predictions, home.labels), f, f)

@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 
 from k8s import act
-from k8s.act import ControllerMetrics, MlflowRegistry, Ports
+from k8s.act import ControllerMetrics, Ports
 from k8s.controller import Controller
 from k8s.decide import Outcome, Reason
 from k8s.resource import Phase
+from k8s.sources.registry import MlflowRegistry
 from k8s.state import Arms, Pair, Status
 from kingmaker.errors import PermanentError
 from kingmaker.roles import Mode
@@ -253,13 +254,6 @@ def test_a_registry_without_champion_is_a_permanent_error(home: Home, registry: 
 def test_current_pair_ignores_a_challenger_alias_on_the_champion(registry: MlflowRegistry) -> None:
     registry.set_alias("challenger", "1")
     assert act.current_pair(registry, spec()) == Pair("1", None)
-
-
-def test_mlflow_errors_are_classified(registry: MlflowRegistry) -> None:
-    with pytest.raises(PermanentError):
-        MlflowRegistry(registry.client, "no-such-model").aliases()
-    with pytest.raises(PermanentError):
-        registry.set_alias("champion", "99")
 
 
 def test_empty_logs_hold_for_samples(home: Home, registry: MlflowRegistry) -> None:

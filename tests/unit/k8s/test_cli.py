@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -12,11 +13,11 @@ from typing import Any
 import pytest
 import yaml
 
-from k8s.act import MlflowRegistry
+from k8s.sources.registry import MlflowRegistry
 from kingmaker.cli import main
 
 from .conftest import Home, query_api, traffic_frame
-from .test_drift_file import drift_result
+from .sources.test_drift import drift_result
 
 
 @pytest.fixture
@@ -72,6 +73,22 @@ def test_dry_run_table(ready: Home, prometheus: str, capsys: pytest.CaptureFixtu
     assert "error rate 0.20%" in out
 
 
+def test_drift_results_come_from_the_drift_jobs_output_dir(ready: Home, prometheus: str, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """$KINGMAKER_DRIFT_OUTPUT_DIR (kingmaker.settings.DriftSettings) is where the job writes and the controller reads."""
+    shutil.rmtree(ready.root / "drift")
+    drift_result(tmp_path / "shared", created=datetime.now(UTC))
+    args = ["promote", "--dry-run", "--json", "--policy", str(policy_file(ready)), "--prometheus-url", prometheus]
+    assert main(args) == 0
+    held = json.loads(capsys.readouterr().out)
+    assert (held["reason"], held["evidence"]["score_psi"]) == ("GuardrailUnavailable", None)
+    monkeypatch.setenv("KINGMAKER_DRIFT_OUTPUT_DIR", str(tmp_path / "shared"))
+    assert main(args) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["reason"] == "ChallengerBetter" and doc["evidence"]["score_psi"] is not None
+
+
 def test_without_prometheus_a_winner_is_held(ready: Home, registry: MlflowRegistry,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["promote", "--once", "--policy", str(policy_file(ready))]) == 0
@@ -121,6 +138,24 @@ def test_bad_policy_is_one_line(ready: Home, capsys: pytest.CaptureFixture[str])
     assert main(["promote", "--dry-run", "--policy", str(policy_file(ready, alpha=2))]) == 2
     err = capsys.readouterr().err
     assert "spec.policy.alpha" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--challenger-weight", "1.5"], "--mode/--challenger-weight: spec.traffic.challengerWeight: must be a number "
+                                     "in [0, 1], got 1.5"),
+    (["--challenger-weight", "0.2", "--policy", "x.yaml"], "--mode/--challenger-weight apply without --policy only (edit spec.traffic)"),
+])
+def test_bad_traffic_flags_are_one_line(ready: Home, flags: list[str], message: str,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["promote", "--dry-run", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err == f"kingmaker promote: error: {message}\n"
+
+
+def test_the_interval_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["promote", "--interval", "0"])
+    assert "argument --interval: must be > 0, got 0" in capsys.readouterr().err
 
 
 def test_defaults_without_a_policy_file(ready: Home, prometheus: str, capsys: pytest.CaptureFixture[str]) -> None:

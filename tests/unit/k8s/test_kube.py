@@ -12,7 +12,7 @@ import urllib3
 import yaml
 
 from bentos import config as router_config
-from k8s.act import ControllerMetrics, MlflowRegistry, Ports
+from k8s.act import ControllerMetrics, Ports
 from k8s.controller import Controller
 from k8s.kube import (
     MODEL_URI_ENV,
@@ -26,6 +26,7 @@ from k8s.kube import (
     deployment_patch,
 )
 from k8s.resource import Phase
+from k8s.sources.registry import MlflowRegistry
 from k8s.state import Arms, Status
 from kingmaker.errors import PermanentError, TemporaryError
 from kingmaker.roles import Mode
@@ -289,7 +290,7 @@ def _allowed(rules: list[dict[str, Any]], group: str, resource: str, verb: str, 
 
 def test_rbac_allows_every_request_of_a_promotion_and_an_election(
         server: FakeApiServer, kube: Kube, home: Home, registry: MlflowRegistry) -> None:
-    from k8s.kube import LeaseElector
+    from k8s.lease import LeaseElector
 
     preds, labels = traffic_frame(2500, champion="1", challenger="2")
     home.write(preds, labels)

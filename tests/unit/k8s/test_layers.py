@@ -1,6 +1,7 @@
-"""Layering of the controller, checked in a fresh interpreter (like kopf's import-linter contract): the decision
-core imports no I/O world, the status model is pure, the loop reaches clients only through its ports, and
-`kingmaker promote --help` imports no heavy client (subcommands import them in `run`)."""
+"""Layering of the controller, checked in a fresh interpreter (what pyproject's import-linter contracts state,
+seen at run time): the decision core and the status model import no I/O client and no I/O library (pandas,
+pyarrow, fsspec), the loop reaches clients only through its ports, and `kingmaker promote --help` imports no
+heavy client (subcommands import them in `run`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import sys
 import pytest
 
 IO_CLIENTS = ("kubernetes", "mlflow", "httpx", "requests", "prometheus_client")
-HEAVY = ("kubernetes", "mlflow", "httpx", "prometheus_client", "pandas", "bentoml")
+IO_LIBRARIES = ("pandas", "pyarrow", "fsspec")
+HEAVY = ("kubernetes", "mlflow", "httpx", "prometheus_client", "pandas", "pyarrow", "fsspec", "bentoml")
 
 
 def _imported(module: str, watched: tuple[str, ...] = HEAVY) -> list[str]:
@@ -24,23 +26,28 @@ def _imported(module: str, watched: tuple[str, ...] = HEAVY) -> list[str]:
     return list(json.loads(out.stdout))
 
 
-@pytest.mark.parametrize("module", ["k8s.decide", "k8s.policy", "k8s.sequential", "k8s.simulate", "k8s.resource"])
-def test_pure_modules_import_no_io_clients(module: str) -> None:
-    assert _imported(module, IO_CLIENTS) == [], f"{module} pulls in I/O clients"
+@pytest.mark.parametrize("module", ["k8s.decide", "k8s.policy", "k8s.sequential", "k8s.simulate", "k8s.resource",
+                                    "k8s.state"])
+def test_pure_modules_import_no_io_clients_or_libraries(module: str) -> None:
+    assert _imported(module, IO_CLIENTS + IO_LIBRARIES) == [], f"{module} pulls in I/O"
 
 
 def test_the_cli_module_is_light() -> None:
     assert _imported("k8s.cli") == []
 
 
-@pytest.mark.parametrize("module", ["k8s.state"])
-def test_the_status_model_is_pure(module: str) -> None:
-    assert [m for m in _imported(module) if m != "pandas"] == []  # pandas comes with kingmaker.logs' Mode
-
-
 def test_the_loop_reaches_clients_only_through_its_ports() -> None:
-    """observe -> decide -> act import no kubernetes, MLflow or HTTP client: the adapters bring their own."""
-    assert [m for m in _imported("k8s.controller") if m not in ("pandas", "prometheus_client")] == []
+    """observe -> decide -> act import no kubernetes, MLflow, HTTP client or log reader: the adapters
+    (k8s.sources.*, k8s.kube, k8s.local) bring their own. act's metrics are prometheus_client's."""
+    assert _imported("k8s.observe") == []
+    assert _imported("k8s.controller") == ["prometheus_client"]
+
+
+@pytest.mark.parametrize(("module", "brings"), [("k8s.sources.logs", ["fsspec", "pandas", "pyarrow"]),
+                                               ("k8s.sources.drift", []), ("k8s.sources.prometheus", [])])
+def test_each_source_brings_only_its_own_client(module: str, brings: list[str]) -> None:
+    """The Prometheus client (httpx) is imported when a PrometheusAPI is made; the log reader needs pandas."""
+    assert [m for m in _imported(module) if m != "prometheus_client"] == brings
 
 
 def test_the_probe_sees_heavy_imports() -> None:

@@ -1,5 +1,6 @@
-"""Local mode: the arms file (the contract with `kingmaker serve`), the router config file, the status file and
-the lock — and a full reconcile with a crash between the alias move and the re-pointing."""
+"""Local mode: the arms file (the contract with `kingmaker serve`), the router config file, the status file, the
+lock and the policy file re-read on change — and a full reconcile with a crash between the alias move and the
+re-pointing."""
 
 from __future__ import annotations
 
@@ -7,17 +8,21 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from bentos import config as router_config
-from k8s.act import ControllerMetrics, MlflowRegistry, Ports
+from k8s.act import ControllerMetrics, Ports
 from k8s.controller import Controller
-from k8s.local import LocalLock, LocalServing, LocalStore
+from k8s.decide import Reason
+from k8s.local import LocalLock, LocalServing, LocalStore, PolicyFile
 from k8s.resource import Phase
+from k8s.sources.registry import MlflowRegistry
 from k8s.state import Arms, Status
-from kingmaker.errors import TemporaryError
+from kingmaker.catalog import CATALOG
+from kingmaker.errors import PermanentError, TemporaryError
 from kingmaker.roles import Mode
 
 from .conftest import MODEL, T0, Boom, Home, sources, spec, traffic_frame
@@ -124,3 +129,99 @@ def test_local_promotion_crash_after_alias_move_resumes(home: Home, registry: Ml
     status = store2.status()
     assert status.phase is Phase.PROMOTED and [h["action"] for h in status.history] == ["Promoted"]
     assert [e["reason"] for e in store2.events()] == ["ChallengerBetter", "Promoted"]
+
+
+# --- the policy file ---------------------------------------------------------------------------------
+
+def write_policy(path: Path, *, name: str = MODEL, model: str = MODEL, **policy: Any) -> None:
+    """A ChampionChallenger YAML in shadow mode, written as editors do: a new file renamed over the old."""
+    doc = {"apiVersion": "kingmaker.io/v1alpha1", "kind": "ChampionChallenger", "metadata": {"name": name},
+           "spec": {"modelName": model, "traffic": {"mode": "shadow", "challengerWeight": 0.1},
+                    "policy": {"labelDelaySeconds": 3600, "minPositivesPerArm": 10, **policy}}}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(doc))
+    tmp.replace(path)
+
+
+class Reloads:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def __call__(self, outcome: str, message: str) -> None:
+        self.seen.append((outcome, message))
+
+
+def test_policy_file_is_re_read_when_it_changes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "policy.yaml"
+    write_policy(path, alpha=0.05)
+    reloads = Reloads()
+    policy = PolicyFile(path, default_name="x", on_reload=reloads)
+    assert policy.current().policy.alpha == 0.05 and reloads.seen == []
+    write_policy(path, alpha=0.01)
+    assert policy.current().policy.alpha == 0.01
+    assert policy.current().policy.alpha == 0.01  # unchanged file: not parsed again
+    assert reloads.seen == [("ok", f"policy {path} reloaded")]
+
+    write_policy(path, alpha=2)  # invalid: the last good policy stays
+    assert policy.current().policy.alpha == 0.01
+    assert policy.current().policy.alpha == 0.01
+    (outcome, message), = reloads.seen[1:]  # one line per bad version of the file, not per look
+    assert outcome == "invalid" and "spec.policy.alpha: must be <= 0.5, got 2" in message
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [message]
+
+    path.write_text("spec: [unclosed")
+    assert policy.current().policy.alpha == 0.01 and "cannot read policy" in reloads.seen[-1][1]
+    path.unlink()
+    assert policy.current().policy.alpha == 0.01 and reloads.seen[-1][0] == "invalid"
+    write_policy(path, alpha=0.02)
+    assert policy.current().policy.alpha == 0.02 and reloads.seen[-1][0] == "ok"
+
+
+def test_policy_file_keeps_its_resource_and_model(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    write_policy(path)
+    reloads = Reloads()
+    policy = PolicyFile(path, default_name="x", name="override", on_reload=reloads)
+    assert policy.current().name == "override"  # --name wins over metadata.name, on every read
+    write_policy(path, model="other-model", alpha=0.01)
+    assert policy.current().model_name == MODEL and policy.current().policy.alpha == 0.05
+    assert "spec.modelName changed from 'fraud-detector' to 'other-model'" in reloads.seen[-1][1]
+    write_policy(tmp_path / "bad.yaml", alpha=2)
+    with pytest.raises(PermanentError, match=r"spec\.policy\.alpha: must be"):
+        PolicyFile(tmp_path / "bad.yaml", default_name="x")  # a bad file at start is fatal
+
+
+def test_local_mode_decides_with_the_policy_as_edited(home: Home, registry: MlflowRegistry) -> None:
+    """The same process, three reconciles: a strict policy holds, the relaxed edit promotes ... and an invalid edit
+    in between keeps the last good policy, counted and recorded as an Event."""
+    preds, labels = traffic_frame(2500, champion="1", challenger="2")
+    home.write(preds, labels)
+    path = home.root / "policy.yaml"
+    write_policy(path, minLabelledPerArm=5000)
+    metrics = ControllerMetrics()
+
+    def on_reload(outcome: str, message: str) -> None:
+        metrics.policy_reloaded(outcome)
+        if outcome == "invalid":
+            store.event("Warning", "PolicyRejected", message)
+
+    store = LocalStore(home.root / "controller", PolicyFile(path, default_name=MODEL, on_reload=on_reload))
+    controller = Controller(store, Ports(registry, LocalServing(home.root / "serving", MODEL), store, metrics),
+                            sources(home), clock=lambda: NOW)
+    first = controller.run_once()
+    assert first is not None and first.decision is not None
+    assert first.decision.reason is Reason.INSUFFICIENT_SAMPLES
+
+    write_policy(path, minLabelledPerArm="lots")
+    again = controller.run_once()
+    assert again is not None and again.decision is not None and again.decision.reason is Reason.INSUFFICIENT_SAMPLES
+    rejected = [e for e in store.events() if e["reason"] == "PolicyRejected"]
+    assert len(rejected) == 1 and "spec.policy.minLabelledPerArm: must be an integer" in rejected[0]["message"]
+
+    write_policy(path, minLabelledPerArm=500)
+    last = controller.run_once()
+    assert last is not None and last.decision is not None and last.decision.reason is Reason.CHALLENGER_BETTER
+    assert registry.aliases()["champion"] == "2"
+    reloads = CATALOG["kingmaker_controller_policy_reloads"].exposed_name
+    assert metrics.registry.get_sample_value(reloads, {"outcome": "invalid"}) == 1.0
+    assert metrics.registry.get_sample_value(reloads, {"outcome": "ok"}) == 1.0

@@ -12,6 +12,9 @@ from k8s.sequential import (
     average_precision,
     betting_test,
     block_thresholds,
+    cost_scale,
+    cost_values,
+    gain_scale,
     local_odds,
     log_wealth,
     marginal_alert_cost,
@@ -133,6 +136,25 @@ def test_recall_values_by_hand() -> None:
     assert tested.tolist() == [False] * 4 + [True] * 6
     # legitimate: -odds * (flagged - 0.25); fraud: flagged
     assert values.tolist() == pytest.approx([0, 0, 0, 0, -0.1875, 0.0, -0.1875, 0.0625, 1 / 24, 1 / 24])
+
+
+def test_cost_values_by_hand() -> None:
+    """Block 1's threshold is the largest of block 0 (k = 1 of 4 at rate 0.25); kappa = 5 (the band [0.8, 0.9)
+    holds one legitimate row); value = -(cost - 5 (flagged - 0.25)) / (100 (1 + 2 * 0.25))."""
+    s = np.array([0.1, 0.9, 0.2, 0.8, 0.95, 0.05, 0.5, 0.85])
+    y = np.array([0, 1, 0, 0, 1, 0, 1, 0], dtype=bool)
+    values, tested, flagged = cost_values(s, y, np.full(8, 100.0), alert_rate=0.25, review_cost=5.0, bound=100.0,
+                                          block=4)
+    assert tested.tolist() == [False] * 4 + [True] * 4
+    assert flagged.tolist() == [False] * 4 + [True, False, False, False]
+    assert values[4:] == pytest.approx(np.array([-1.25, -1.25, -101.25, -1.25]) / 150.0, abs=1e-12)
+    assert cost_scale(100.0, 0.25) == 150.0
+
+
+@pytest.mark.parametrize(("recall", "paired", "scale"), [(False, True, 1.0), (False, False, 1.0), (True, True, 1.0),
+                                                         (True, False, 2.0)])
+def test_gain_scale_keeps_gains_in_the_unit_interval(recall: bool, paired: bool, scale: float) -> None:
+    assert gain_scale(recall=recall, paired=paired) == scale
 
 
 def test_transaction_costs() -> None:

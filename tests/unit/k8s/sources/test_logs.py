@@ -7,11 +7,12 @@ import pandas as pd
 import pytest
 
 from k8s.decide import Outcome, Reason, State, decide, mature
-from k8s.observe import LogWindows, Sources, observe
+from k8s.observe import Sources, observe
+from k8s.sources.logs import LogWindows
 from k8s.state import Pair
 from kingmaker.roles import Mode
 
-from .conftest import T0, Fixed, Home, spec, traffic_frame
+from ..conftest import T0, Fixed, Home, spec, traffic_frame
 
 PAIR = Pair("1", "2")
 

@@ -10,7 +10,8 @@ import pytest
 
 from k8s.act import LostLeadership
 from k8s.controller import operate
-from k8s.kube import Kube, LeaseElector
+from k8s.kube import Kube
+from k8s.lease import LeaseElector
 from kingmaker.errors import PermanentError
 
 from .fake_kube import NS, FakeApiServer
@@ -147,7 +148,8 @@ def test_operate_reconciles_only_while_leading_and_when_due() -> None:
 
             return C()
 
-    docs = [{"metadata": {"name": "x", "generation": 1}, "spec": {"policy": {"evaluationIntervalSeconds": 60}}},
+    docs = [{"metadata": {"name": "x", "generation": 1},
+             "spec": {"modelName": "m", "policy": {"evaluationIntervalSeconds": 60}}},
             {"metadata": {"name": "y", "generation": 1}, "status": {"phase": "Promoting"}}]
     e, rec, t = FakeElector(), Recorder(), [0.0]
     ticks = {"n": 0}

@@ -1,4 +1,5 @@
-"""The latest drift result from drift.json, written by the drift job's own code (drift_service.job.write)."""
+"""The latest drift result from drift.json, written by the drift job's own code (drift_service.job.write) and
+read through the shared format (kingmaker.drift_result)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,14 @@ import numpy as np
 import pytest
 
 from drift_service.analysis import ArmReference, Policy, Window, analyse
-from drift_service.document import Context
 from drift_service.job import write
-from k8s.observe import FileDrift
+from k8s.sources.drift import FileDrift
 from k8s.state import Pair
 from kingmaker import reference
+from kingmaker.drift_result import Context
 from kingmaker.roles import Arm
 
-from .conftest import MODEL, traffic_frame
+from ..conftest import MODEL, traffic_frame
 
 CREATED = datetime(2026, 11, 2, tzinfo=UTC)
 
@@ -73,3 +74,14 @@ def test_no_result_or_a_broken_one(tmp_path: Path) -> None:
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "drift.json").write_text("{not json")
     assert FileDrift(tmp_path).latest(Pair("1", "2"), 0.0) is None
+
+
+def test_a_result_in_a_format_it_does_not_read_is_skipped_with_a_warning(tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    drift_result(tmp_path / "old", created=CREATED - timedelta(hours=1))
+    newer = drift_result(tmp_path / "new", challenger="3", created=CREATED)
+    newer.write_text(json.dumps({**json.loads(newer.read_text()), "format": 2}))
+    latest = FileDrift(tmp_path, max_age_seconds=None).latest(Pair("1", "2"), now=CREATED.timestamp())
+    assert latest is not None and latest.score_psi is not None  # the older run, of the pair under test
+    assert latest.computed_at == pytest.approx((CREATED - timedelta(hours=1)).timestamp())
+    assert "drift result format 2 is newer than this kingmaker reads (1)" in caplog.text

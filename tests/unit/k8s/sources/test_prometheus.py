@@ -15,11 +15,12 @@ import httpx
 import pytest
 
 from k8s.decide import GuardrailReadings
-from k8s.observe import GuardrailQueries, PrometheusAPI, PrometheusDrift, PrometheusGuardrails
+from k8s.sources.drift import PrometheusDrift
+from k8s.sources.prometheus import GuardrailQueries, PrometheusAPI, PrometheusGuardrails
 from k8s.state import Pair
 from kingmaker.errors import PermanentError, TemporaryError
 
-from .conftest import query_api
+from ..conftest import query_api
 
 PAIR = Pair("1", "2")
 
