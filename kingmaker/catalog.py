@@ -150,6 +150,8 @@ SERVING = (
                "Prediction-log rows by outcome=written|failed|dropped (failed rows are retried)", ("outcome",)),
     MetricSpec("kingmaker_prediction_log_flush_duration_seconds", Kind.HISTOGRAM,
                "Time to write one prediction-log file", (), LATENCY_BUCKETS),
+    MetricSpec("kingmaker_prediction_log_lag_seconds", Kind.GAUGE,
+               "Age of the oldest prediction-log row not yet written (0 when every row is written)"),
     MetricSpec("kingmaker_feedback_labels", Kind.COUNTER,
                "Labels received on /feedback: outcome=written|duplicate|updated", ("outcome",)),
     MetricSpec("kingmaker_feedback_unknown_ids", Kind.COUNTER,
@@ -158,7 +160,18 @@ SERVING = (
                "Requests refused by bearer-token auth: reason=missing|invalid|not_configured", ("path", "reason")),
 )
 
-CATALOG = Catalog(specs=TRAINING + DRIFT + CONTROLLER + SERVING)
+# --- runtime: prometheus_client's process collector ----------------------------------------------
+# Each serving process exposes these for itself (`bentos.metrics`). They keep prometheus_client's standard
+# names (no kingmaker_ prefix) and are never created from here; they are listed so that rules and dashboards
+# name catalogued metrics only.
+RUNTIME = (
+    MetricSpec("process_cpu_seconds", Kind.COUNTER, "Total user and system CPU time spent in seconds"),
+    MetricSpec("process_resident_memory_bytes", Kind.GAUGE, "Resident memory size in bytes"),
+    MetricSpec("process_open_fds", Kind.GAUGE, "Number of open file descriptors"),
+    MetricSpec("process_start_time_seconds", Kind.GAUGE, "Start time of the process since unix epoch in seconds"),
+)
+
+CATALOG = Catalog(specs=TRAINING + DRIFT + CONTROLLER + SERVING + RUNTIME)
 
 
 def create(spec: MetricSpec, registry: CollectorRegistry) -> Counter | Gauge | Histogram:
