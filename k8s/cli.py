@@ -352,7 +352,7 @@ def _kubernetes(args: argparse.Namespace) -> int:
           flush=True)
     try:
         operate(kube.list, controller_for, elector, stop,
-                tick=min(10.0, args.interval) if args.interval else 10.0)
+                tick=min(10.0, args.interval) if args.interval else 10.0, metrics=metrics)
     finally:
         stop.set()
         renewer.join(timeout=elector.retry_period + kube.timeout)

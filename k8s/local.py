@@ -62,6 +62,10 @@ class LocalStore:
         self.events_path = folder / f"{spec.name}.events.jsonl"
         self.clock = clock
 
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
     def _doc(self) -> dict[str, Any]:
         try:
             doc = json.loads(self.path.read_text())
