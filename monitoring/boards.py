@@ -31,6 +31,7 @@ from grafana_foundation_sdk.models import heatmap as hm
 from grafana_foundation_sdk.models import prometheus as pm
 
 from k8s.decide import Outcome, Reason
+from k8s.policy import Guardrails
 from kingmaker.catalog import CATALOG
 from monitoring import ruleset as r
 from monitoring.ruleset import Record, metric
@@ -115,7 +116,8 @@ def score_heatmap(arm: str) -> Panel:
             .calculate(False)
             .y_axis(heatmap.YAxisConfig().unit("none").decimals(2))
             .cell_values(heatmap.CellValues().unit("reqps"))
-            .color(heatmap.HeatmapColorOptions().mode(hm.HeatmapColorMode.SCHEME).scheme("Oranges")))
+            .color(heatmap.HeatmapColorOptions().mode(hm.HeatmapColorMode.SCHEME).scheme("Oranges").steps(64)
+                   .exponent(0.5)))
 
 
 def row(title: str) -> db.Row:
@@ -184,7 +186,7 @@ def overview() -> list[Panel]:
                thresholds=_thresholds((None, "green"), (r.MAX_UNAVAILABLE_SHARE, "red"))),
         single("Challenger failures", about(r.UPSTREAM_FAILED_RATIO), "percentunit",
                sel(r.UPSTREAM_FAILED_RATIO.record, 'arm="challenger"'),
-               thresholds=_thresholds((None, "green"), (0.01, "red"))),
+               thresholds=_thresholds((None, "green"), (Guardrails().max_error_rate, "red"))),
         phase_stat(),
         row("Traffic"),
         graph("Requests by arm and status", about(r.REQUESTS), "reqps",
@@ -320,7 +322,9 @@ def serving_internals() -> list[Panel]:
               (f"sum by (path, reason) (rate({raw('kingmaker_auth_failures')}[5m]))", "{{path}} {{reason}}"),
               width=12),
         row("Scorers"),
-        versions_stat(width=24),
+        single("Served versions", about("kingmaker_scorer_model_info"), "none",
+               f"max by (arm, model_version) ({raw('kingmaker_scorer_model_info')})", "{{arm}} v{{model_version}}",
+               width=24, show_name=True),
         graph("Scorer requests", about("kingmaker_scorer_requests"), "reqps",
               (f"sum by (arm, endpoint, code) (rate({raw('kingmaker_scorer_requests')}[5m]))",
                "{{arm}} {{endpoint}} {{code}}"), width=8),
