@@ -3,7 +3,9 @@
 Under ``bentoml serve`` prometheus_client runs in multiprocess mode (BentoML sets
 ``PROMETHEUS_MULTIPROC_DIR`` for its workers), so these metrics land in the shared files and BentoML's
 ``/metrics`` already exposes them, merged over workers. Outside it (in-process tests) `exposition`
-returns them for the service's ``__metrics__`` hook to append.
+returns them for the service's ``__metrics__`` hook to append. The multiprocess collector has no process
+metrics (`kingmaker.catalog.RUNTIME`: CPU, memory, file descriptors), so under ``bentoml serve`` `exposition`
+returns the worker's own instead; in process, BentoML's default registry already carries them.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Iterable
 
 import numpy as np
 import numpy.typing as npt
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest, values
 
 from kingmaker.catalog import SERVING, MetricSpec, create
 
@@ -32,6 +34,8 @@ class Metrics:
     def __init__(self, specs: Iterable[MetricSpec]):
         self.registry = CollectorRegistry(auto_describe=True)
         self._metrics = {spec.name: create(spec, self.registry) for spec in specs}
+        self._process = CollectorRegistry()
+        ProcessCollector(registry=self._process)
 
     def counter(self, name: str) -> Counter:
         metric = self._metrics[name]
@@ -49,8 +53,8 @@ class Metrics:
         return metric
 
     def exposition(self) -> str:
-        """Text for BentoML's ``__metrics__`` hook: empty when multiprocess files already carry them."""
-        return "" if multiprocess_mode() else generate_latest(self.registry).decode()
+        """Text for BentoML's ``__metrics__`` hook: what BentoML's own exposition lacks (see the module doc)."""
+        return generate_latest(self._process if multiprocess_mode() else self.registry).decode()
 
 
 def observe_many(child: Histogram, values_: npt.NDArray[np.float64]) -> None:

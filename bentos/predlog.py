@@ -66,6 +66,7 @@ class BufferedLog:
         self._rows: list[Row] = []
         self._inflight: list[Row] = []  # the batch being written right now
         self._oldest: float | None = None  # clock() when the oldest buffered row arrived
+        self._inflight_oldest: float | None = None  # ... and the oldest row of the batch being written
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._write_lock = threading.Lock()  # one write at a time, so files keep arrival order
@@ -81,6 +82,14 @@ class BufferedLog:
     def pending(self) -> int:
         with self._lock:
             return len(self._rows)
+
+    @property
+    def lag_seconds(self) -> float:
+        """Age of the oldest row not yet in the store (buffered or being written); 0 when there is none."""
+        with self._lock:
+            arrived = [t for t, rows in ((self._oldest, self._rows), (self._inflight_oldest, self._inflight))
+                       if rows and t is not None]
+            return max(0.0, self._clock() - min(arrived)) if arrived else 0.0
 
     def add(self, rows: Iterable[Mapping[str, Any]]) -> None:
         with self._lock:
@@ -128,7 +137,7 @@ class BufferedLog:
     def _take(self) -> list[Row]:
         with self._lock:
             batch, self._rows = self._rows, []
-            self._inflight = batch
+            self._inflight, self._inflight_oldest = batch, self._oldest
             self._oldest = None
             return batch
 
@@ -136,7 +145,7 @@ class BufferedLog:
         with self._lock:
             self._inflight = []
             self._rows[:0] = batch
-            self._oldest = self._clock()
+            self._oldest = min(t for t in (self._inflight_oldest, self._oldest, self._clock()) if t is not None)
             overflow = len(self._rows) - self.max_buffer_rows
             if overflow > 0:
                 del self._rows[:overflow]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -32,6 +34,18 @@ ROUTER = "bentos.router:Router"
 SCORER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
+def process_home(base: str | None, name: str, port: int) -> Path:
+    """The ``BENTOML_HOME`` of one server process: its own folder below ``base`` (default ``~/bentoml``).
+
+    BentoML keeps prometheus_client's multiprocess files in ``$BENTOML_HOME/prometheus_multiproc_dir`` and
+    empties that folder whenever a server starts. Servers sharing one home would each expose all the others'
+    metrics (a Prometheus scraping the three of them counted everything three times) and a re-pointed arm
+    would wipe the files the running ones still write to. One home per process keeps ``/metrics`` to its own.
+    """
+    root = Path(base) if base else Path.home() / "bentoml"
+    return root / "processes" / f"{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}-{port}"
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -50,6 +64,7 @@ class ServiceProcess:
     log_path: Path | None = None
     working_dir: Path = ROOT
     proc: subprocess.Popen[bytes] | None = None
+    home: Path | None = None  # this process's BENTOML_HOME (`process_home`), removed once it has stopped
 
     @property
     def url(self) -> str:
@@ -64,6 +79,8 @@ class ServiceProcess:
         cmd = [sys.executable, "-m", "bentoml", "serve", self.target, "--host", self.host, "--port", str(self.port),
                "--working-dir", str(self.working_dir)]
         env = {**os.environ, **self.env}
+        self.home = process_home(env.get("BENTOML_HOME"), self.name, self.port)
+        env["BENTOML_HOME"] = str(self.home)
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115 (lives with the process)
         try:
             self.proc = subprocess.Popen(cmd, env=env, cwd=self.working_dir, stdout=out, stderr=subprocess.STDOUT,
@@ -110,10 +127,16 @@ class ServiceProcess:
         if self.running():
             os.kill(self.pid, signal.SIGTERM)
             try:
-                return self.proc.wait(timeout)
+                self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
-        return self.proc.wait()
+        code = self.proc.wait()
+        self._remove_home()
+        return code
+
+    def _remove_home(self) -> None:
+        if self.home is not None:
+            shutil.rmtree(self.home, ignore_errors=True)
 
     def kill(self) -> None:
         """SIGKILL the server and all its workers at once: a crash, not a stop. (circus starts each
@@ -132,6 +155,7 @@ class ServiceProcess:
                 p.kill()
         psutil.wait_procs(family, timeout=10)
         self.proc.wait()
+        self._remove_home()
 
 
 def scorer(arm: str, model_uri: str, port: int, *, env: Mapping[str, str] | None = None,

@@ -278,6 +278,15 @@ class Router:
         self._routed = m.counter("kingmaker_router_routed")
         self._fallbacks = m.counter("kingmaker_router_fallbacks")
         self._unavailable = m.counter("kingmaker_router_unavailable")
+        # every reason of these closed sets starts at 0: dashboards show 0 rather than no data, and the first
+        # fallback, 503 or label counts as an increase
+        failures = [o for o in UPSTREAM_OUTCOMES if o not in ("ok", "shadow_skipped", "rejected")]
+        for reason in (*failures, "rejected"):
+            self._fallbacks.labels(reason=reason)
+        for reason in (*failures, "not_ready"):
+            self._unavailable.labels(reason=reason)
+        for outcome in ("written", "duplicate", "updated"):
+            m.counter("kingmaker_feedback_labels").labels(outcome=outcome)
         if not feedback_tokens.configured:
             log.warning("no /feedback tokens configured (KINGMAKER_FEEDBACK_TOKEN or _FILE): /feedback answers 503")
 
@@ -383,6 +392,7 @@ class Router:
 
     def __metrics__(self, content: str) -> str:
         self.metrics.gauge("kingmaker_router_challenger_weight").set(self.config.current().challenger_weight)
+        self.metrics.gauge("kingmaker_prediction_log_lag_seconds").set(self.log.lag_seconds)
         return content + self.metrics.exposition()
 
     @bentoml.on_shutdown

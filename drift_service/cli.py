@@ -30,6 +30,18 @@ def _duration(text: str) -> object:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def _label(text: str) -> tuple[str, str]:
+    """``NAME=VALUE`` -> (NAME, VALUE), NAME a Prometheus label name the push does not set itself."""
+    import re
+
+    name, sep, value = text.partition("=")
+    if not sep or not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", name) or name.startswith("__"):
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE with a Prometheus label name, got {text!r}")
+    if name in ("job", "model_name") or not value:
+        raise argparse.ArgumentTypeError(f"{name}: job and model_name are set by the job; values must not be empty")
+    return name, value
+
+
 def _timestamp(text: str) -> datetime:
     try:
         t = datetime.fromisoformat(text)
@@ -80,6 +92,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--pushgateway", metavar="URL",
                    help="push gauges to this Prometheus Pushgateway (default: $KINGMAKER_PUSHGATEWAY_URL; none when unset)")
     o.add_argument("--pushgateway-job", default="kingmaker-drift", help="Pushgateway job label")
+    o.add_argument("--pushgateway-label", type=_label, action="append", default=[], metavar="NAME=VALUE",
+                   help="add a label to the pushed group (repeatable), e.g. championchallenger=fraud-detector and "
+                        "namespace=fraud so dashboards and alerts can select the run")
 
 
 def _opt(args: argparse.Namespace, name: str) -> Any:
@@ -117,6 +132,7 @@ def settings_from_args(args: argparse.Namespace) -> object:
         experiment=_opt(args, "experiment") or env.experiment,
         pushgateway_url=_opt(args, "pushgateway") or env.pushgateway_url,
         pushgateway_job=args.pushgateway_job,
+        pushgateway_labels=tuple(_opt(args, "pushgateway_label") or ()),
         categorical=tuple(c.strip() for c in (_opt(args, "categorical") or "").split(",") if c.strip()),
         policy=policy,
     )

@@ -64,6 +64,8 @@ class JobSettings:
     experiment: str = field(default="kingmaker-drift", metadata=_doc("MLflow experiment of drift runs"))
     pushgateway_url: str | None = field(default=None, metadata=_doc("Pushgateway to push gauges to"))
     pushgateway_job: str = field(default=DEFAULT_JOB, metadata=_doc("Pushgateway job label"))
+    pushgateway_labels: tuple[tuple[str, str], ...] = field(
+        default=(), metadata=_doc("extra grouping labels of the push (e.g. championchallenger, namespace)"))
     categorical: tuple[str, ...] = field(default=(), metadata=_doc("features compared by category"))
     policy: Policy = field(default_factory=Policy, metadata=_doc("drift thresholds"))
 
@@ -162,7 +164,7 @@ def _act(settings: JobSettings, client: MlflowClient | None, result: DriftResult
         registry = pushgateway.build_registry(result, champion_version=context.champion_version,
                                               duration_seconds=seconds, finished_at=time.time())
         pushgateway.push(settings.pushgateway_url, registry, job=settings.pushgateway_job,
-                         grouping_key={"model_name": settings.mlflow.model_name})
+                         grouping_key={**dict(settings.pushgateway_labels), "model_name": settings.mlflow.model_name})
     return Outcome(result, context, json_path, html_path, run_id, bool(settings.pushgateway_url), seconds)
 
 

@@ -24,7 +24,7 @@ status becomes ``Promoting`` with ``championVersion`` = the version being replac
 If the process dies anywhere after the intent was saved, the next reconcile finds ``Promoting`` and runs
 `complete` again from the top: done steps are skipped, the rest run, and it ends consistent. ROLLBACK is
 the same with ``RollingBack``: weight 0 first, then the tag, history and ``RolledBack``. HOLD and ERROR
-only record. Every decision is also counted (``kingmaker_controller_decisions_total``) and logged.
+only record. Every decision is also counted and its evidence exported (`ControllerMetrics`), and logged.
 """
 
 from __future__ import annotations
@@ -36,12 +36,13 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from k8s import state as st
-from k8s.decide import Decision, Outcome
+from k8s.decide import OUTCOME_OF, Decision, Outcome
 from k8s.resource import Phase
 from k8s.state import Arms, Pair, Spec, Status
 from kingmaker.catalog import CATALOG, CONTROLLER, create
@@ -123,39 +124,116 @@ def current_pair(registry: Registry, spec: Spec) -> Pair:
 
 # --- metrics ----------------------------------------------------------------------------------
 
+class ReconcileResult(StrEnum):
+    """How one reconcile ended (the ``result`` label of ``kingmaker_controller_reconciles_total``)."""
+
+    OK = "ok"
+    TEMPORARY_ERROR = "temporary_error"  # retried at the next tick
+    PERMANENT_ERROR = "permanent_error"  # the resource went to phase Error
+    NOT_LEADER = "not_leader"  # another replica leads now
+
+
 class ControllerMetrics:
-    """The controller's metrics (`kingmaker.catalog.CONTROLLER`) in their own registry."""
+    """The controller's metrics (`kingmaker.catalog.CONTROLLER`) in their own registry.
+
+    Every series but ``kingmaker_controller_leader`` names its resource (label ``championchallenger``). Each
+    update replaces all of a resource's series of a gauge, so a model version, criterion or p-value that no
+    longer applies leaves nothing behind. A replica that stops leading drops every resource's series: only
+    the leader reports. Counters start at 0 for every outcome/reason and result when a resource is first seen,
+    so that Prometheus sees each first increment as one.
+    """
+
+    PREFIX = "kingmaker_controller_"
 
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
-        made = {spec.name: create(spec, self.registry) for spec in CONTROLLER}
-        self.decisions = made["kingmaker_controller_decisions"]
-        self.last = made["kingmaker_controller_last_decision_timestamp_seconds"]
-        self.p_value = made["kingmaker_controller_p_value"]
-        self.labelled = made["kingmaker_controller_matured_labelled"]
-        self.positives = made["kingmaker_controller_matured_positives"]
-        self.policy_reloads = made["kingmaker_controller_policy_reloads"]
+        made = {spec.name.removeprefix(self.PREFIX): create(spec, self.registry) for spec in CONTROLLER}
+        self._gauges = {k: m for k, m in made.items() if isinstance(m, Gauge)}
+        self._counters = {k: m for k, m in made.items() if isinstance(m, Counter)}
+        self._series: dict[tuple[str, str], set[tuple[str, ...]]] = {}  # (metric, resource) -> label values
 
-    def record(self, decision: Decision, now: float) -> None:
-        self.decisions.labels(outcome=decision.outcome.value, reason=decision.reason.value).inc()  # type: ignore[union-attr]
-        self.last.set(now)  # type: ignore[union-attr]
-        ev = decision.evidence
-        for test, p in (("better", ev.p_better), ("worse", ev.p_worse)):
-            if p is not None:
-                self.p_value.labels(test=test).set(p)  # type: ignore[union-attr]
-        for arm, evidence in ((Arm.CHAMPION, ev.champion), (Arm.CHALLENGER, ev.challenger)):
-            self.labelled.labels(arm=arm.value, model_version=evidence.version).set(evidence.labelled)  # type: ignore[union-attr]
-            self.positives.labels(arm=arm.value, model_version=evidence.version).set(evidence.positives)  # type: ignore[union-attr]
+    def _put(self, metric: str, resource: str, values: Mapping[tuple[str, ...], float]) -> None:
+        """Make ``values`` (label values after the resource -> value) the resource's only series of ``metric``."""
+        gauge = self._gauges[metric]
+        for gone in self._series.get((metric, resource), set()) - values.keys():
+            gauge.remove(resource, *gone)
+        for labels, value in values.items():
+            gauge.labels(resource, *labels).set(value)
+        self._series[(metric, resource)] = set(values)
 
-    def policy_reloaded(self, outcome: str) -> None:
+    def policy_reloaded(self, name: str, outcome: str) -> None:
         """Count a re-read of the local policy file (`k8s.local.PolicyFile`): ``ok`` or ``invalid``."""
-        self.policy_reloads.labels(outcome=outcome).inc()  # type: ignore[union-attr]
+        self._counters["policy_reloads"].labels(name, outcome).inc()
 
-    def count(self, outcome: str, reason: str) -> float:
-        """Current value of the decisions counter (for tests and ``--dry-run``)."""
-        value = self.registry.get_sample_value(CATALOG["kingmaker_controller_decisions"].exposed_name,
-                                               {"outcome": outcome, "reason": reason})
-        return value or 0.0
+    def _inc(self, metric: str, resource: str, *labels: str) -> None:
+        if (metric, resource) not in self._series:
+            zeros = ([(o.value, r.value) for r, o in OUTCOME_OF.items()] if metric == "decisions"
+                     else [(r.value,) for r in ReconcileResult])
+            for z in zeros:
+                self._counters[metric].labels(resource, *z)
+            self._series[(metric, resource)] = set(zeros)
+        self._counters[metric].labels(resource, *labels).inc()
+
+    def record(self, spec: Spec, decision: Decision, status: Status, now: float) -> None:
+        """A decision was recorded: its outcome, evidence, the policy's bars, and the new status."""
+        name, ev, policy = spec.name, decision.evidence, spec.policy
+        self._inc("decisions", name, decision.outcome.value, decision.reason.value)
+        self._put("last_decision_timestamp_seconds", name, {(): now})
+        self._put("p_value", name, {(test,): p for test, p in (("better", ev.p_better), ("worse", ev.p_worse))
+                                    if p is not None})
+        self._put("alpha", name, {(): ev.alpha})
+        bounds = {"estimate": ev.difference, **dict(zip(("lower", "upper"), ev.interval or (None, None), strict=True))}
+        self._put("criterion_difference", name, {(ev.criterion.value, bound): value for bound, value in bounds.items()
+                                                 if value is not None})
+        arms = ((Arm.CHAMPION, ev.champion), (Arm.CHALLENGER, ev.challenger))
+        self._put("matured_labelled", name, {(arm.value, e.version): e.labelled for arm, e in arms})
+        self._put("matured_positives", name, {(arm.value, e.version): e.positives for arm, e in arms})
+        self._put("min_matured_labelled", name, {(): policy.min_labelled_per_arm})
+        self._put("min_matured_positives", name, {(): policy.min_positives_per_arm})
+        g = policy.guardrails
+        self._put("guardrail_limit", name, {("error_rate",): g.max_error_rate,
+                                            ("p99_latency_seconds",): g.max_p99_latency_seconds,
+                                            ("score_psi",): g.max_score_psi})
+        readings = {("error_rate",): ev.guardrails.error_rate,
+                    ("p99_latency_seconds",): ev.guardrails.p99_latency_seconds, ("score_psi",): ev.score_psi}
+        self._put("guardrail_reading", name, {k: v for k, v in readings.items() if v is not None})
+        self._put("evaluation_interval_seconds", name, {(): policy.evaluation_interval_seconds})
+        self.status(name, status)
+
+    def status(self, name: str, status: Status) -> None:
+        """The resource's phase and the versions in each role."""
+        self._put("phase", name, {(phase.value,): float(phase is status.phase) for phase in Phase})
+        roles = ((Arm.CHAMPION, status.champion_version), (Arm.CHALLENGER, status.challenger_version))
+        self._put("model_version_info", name, {(role.value, v): 1.0 for role, v in roles if v})
+
+    def reconciled(self, name: str, result: ReconcileResult, status: Status | None, now: float) -> None:
+        """One reconcile ended with ``result``; ``status`` is the resource's status afterwards, if known."""
+        self._inc("reconciles", name, result.value)
+        if result is ReconcileResult.OK:
+            self._put("last_reconcile_timestamp_seconds", name, {(): now})
+        if status is not None:
+            self.status(name, status)
+
+    def leading(self, leading: bool) -> None:
+        """Whether this process may act; a process that may not drops every resource's series."""
+        self._gauges["leader"].set(1.0 if leading else 0.0)
+        if not leading:
+            for name in {resource for _, resource in self._series}:
+                self.forget(name)
+
+    def forget(self, name: str) -> None:
+        """Remove every series of resource ``name`` (deleted, or no longer ours to report)."""
+        for metric, resource in [key for key in self._series if key[1] == name]:
+            family = self._gauges.get(metric) or self._counters[metric]
+            for labels in self._series.pop((metric, resource)):
+                family.remove(resource, *labels)
+
+    def count(self, outcome: str, reason: str, name: str | None = None) -> float:
+        """Decisions counted with ``outcome`` and ``reason`` (of resource ``name``, or all): tests, ``--dry-run``."""
+        exposed = CATALOG[self.PREFIX + "decisions"].exposed_name
+        return sum(s.value for metric in self.registry.collect() for s in metric.samples
+                   if s.name == exposed and s.labels["outcome"] == outcome and s.labels["reason"] == reason
+                   and name in (None, s.labels["championchallenger"]))
 
 
 # --- record -----------------------------------------------------------------------------------
@@ -173,7 +251,7 @@ def record(decision: Decision, spec: Spec, status: Status, ports: Ports, now: fl
     """Save the decision (for PROMOTE/ROLLBACK: the intent, before any side effect), count, log, Event."""
     status = st.evaluated(status, decision, now=now, generation=spec.generation)
     ports.store.save(status)
-    ports.metrics.record(decision, now)
+    ports.metrics.record(spec, decision, status, now)
     line = summary(decision)
     warning = decision.outcome in (Outcome.ROLLBACK, Outcome.ERROR)
     log.log(logging.WARNING if warning else logging.INFO, "%s: %s", spec.name, line)

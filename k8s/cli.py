@@ -240,7 +240,7 @@ def _local(args: argparse.Namespace) -> int:
     metrics = ControllerMetrics()
 
     def on_reload(outcome: str, message: str) -> None:
-        metrics.policy_reloaded(outcome)
+        metrics.policy_reloaded(store.name, outcome)
         if outcome == "invalid":
             store.event("Warning", "PolicyRejected", message)
 
@@ -370,7 +370,7 @@ def _kubernetes(args: argparse.Namespace) -> int:
           flush=True)
     try:
         operate(kube.list, controller_for, elector, stop,
-                tick=min(10.0, args.interval) if args.interval else 10.0)
+                tick=min(10.0, args.interval) if args.interval else 10.0, metrics=metrics)
     finally:
         stop.set()
         renewer.join(timeout=elector.retry_period + kube.timeout)

@@ -11,7 +11,8 @@ One reconcile of one resource:
 
 `Controller.run_once` wraps it: a `TemporaryError` (MLflow, the logs or the API server unreachable) is
 logged and retried at the next tick; a `PermanentError` puts the resource in phase ``Error`` with the
-message; neither escapes the loop.
+message; neither escapes the loop. Every reconcile is counted by result, with the phase it leaves, and
+the loops report whether this process leads (`k8s.act.ControllerMetrics`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any, Protocol
 
 from k8s import act
 from k8s import state as st
-from k8s.act import LostLeadership, Ports
+from k8s.act import ControllerMetrics, LostLeadership, Ports, ReconcileResult
 from k8s.decide import Decision, decide
 from k8s.observe import Sources, observe
 from k8s.state import Pair, Spec, Status
@@ -35,6 +36,11 @@ log = logging.getLogger(__name__)
 
 
 class ResourceSource(Protocol):
+    @property
+    def name(self) -> str:
+        """The resource's name (``metadata.name``)."""
+        ...
+
     def load(self) -> tuple[Spec, Status]:
         """The resource's spec (validated; raises `PermanentError`) and status, freshly read."""
         ...
@@ -87,18 +93,25 @@ class Controller:
 
     def run_once(self) -> Result | None:
         """`reconcile`, with errors turned into log lines (temporary) or phase ``Error`` (permanent)."""
+        result: Result | None = None
+        status: Status | None = None
         try:
-            return self.reconcile()
+            result = self.reconcile()
+            outcome, status = ReconcileResult.OK, result.status
         except LostLeadership as exc:
             log.warning("not acting: %s", exc)
+            outcome = ReconcileResult.NOT_LEADER
         except TemporaryError as exc:
             log.warning("reconcile failed, will retry: %s", exc)
+            outcome = ReconcileResult.TEMPORARY_ERROR
         except PermanentError as exc:
             log.error("reconcile failed: %s", exc)
-            self._record_failure(str(exc))
-        return None
+            outcome, status = ReconcileResult.PERMANENT_ERROR, self._record_failure(str(exc))
+        self.ports.metrics.reconciled(self.resource.name, outcome, status, self.clock())
+        return result
 
-    def _record_failure(self, message: str) -> None:
+    def _record_failure(self, message: str) -> Status | None:
+        """Phase ``Error`` with ``message``; returns the status saved (None if it could not be)."""
         try:
             status = self.resource.status()
             failed = st.failed(status, message, now=self.clock())
@@ -106,8 +119,10 @@ class Controller:
                 self.ports.guard()
                 self.ports.store.save(failed)
                 self.ports.store.event("Warning", "ReconcileFailed", message)
+            return failed
         except KingmakerError as exc:
             log.error("could not record the failure in the status: %s", exc)
+            return None
 
 
 def loop(controller: Controller, interval: Callable[[], float], stop: threading.Event) -> None:
@@ -115,12 +130,16 @@ def loop(controller: Controller, interval: Callable[[], float], stop: threading.
 
     Each reconcile loads the spec afresh (`ResourceSource.load`: the API server, or the local policy file when
     it changed, `k8s.local.PolicyFile`) and ``interval()`` is asked again after each, so an edited policy
-    applies from the next look on.
+    applies from the next look on. The caller holds the resource's lock: this process leads while the loop runs.
     """
-    while not stop.is_set():
-        started = time.monotonic()
-        controller.run_once()
-        stop.wait(max(0.0, interval() - (time.monotonic() - started)))
+    controller.ports.metrics.leading(True)
+    try:
+        while not stop.is_set():
+            started = time.monotonic()
+            controller.run_once()
+            stop.wait(max(0.0, interval() - (time.monotonic() - started)))
+    finally:
+        controller.ports.metrics.leading(False)
 
 
 # --- Kubernetes: every ChampionChallenger in the namespace -------------------------------------
@@ -147,11 +166,15 @@ def _interval(doc: Mapping[str, Any], default: float) -> float:
 
 def operate(list_resources: Callable[[], Iterable[Mapping[str, Any]]],
             controller_for: Callable[[Mapping[str, Any]], Controller], elector: Elector, stop: threading.Event,
-            *, tick: float = 10.0, default_interval: float = 300.0, clock: Callable[[], float] = time.monotonic) -> None:
+            *, tick: float = 10.0, default_interval: float = 300.0, clock: Callable[[], float] = time.monotonic,
+            metrics: ControllerMetrics | None = None) -> None:
     """While leading, reconcile each resource when due, when its spec changed (``metadata.generation``,
-    e.g. an approval) or while a swap is under way. Polls every ``tick`` seconds."""
+    e.g. an approval) or while a swap is under way. Polls every ``tick`` seconds; reports leadership and
+    drops the series of resources that are gone to ``metrics``."""
     tracked: dict[str, _Tracked] = {}
     while not stop.is_set():
+        if metrics is not None:
+            metrics.leading(elector.leading)
         if elector.leading:
             try:
                 docs = list(list_resources())
@@ -173,4 +196,6 @@ def operate(list_resources: Callable[[], Iterable[Mapping[str, Any]]],
                     break
             for gone in set(tracked) - {str((d.get("metadata") or {}).get("name")) for d in docs}:
                 tracked.pop(gone, None)
+                if metrics is not None:
+                    metrics.forget(gone)
         stop.wait(tick)

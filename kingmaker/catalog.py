@@ -91,22 +91,60 @@ DRIFT = (
 )
 
 # --- promotion controller (k8s) ---------------------------------------------------------------
-# `outcome` is k8s.decide.Outcome, `reason` k8s.decide.Reason: both closed sets, so cardinality is bounded.
+# Every series but the leader gauge names its ChampionChallenger (`championchallenger`, the resource name), so
+# dashboards and alerts filter by it. The other labels are closed sets: `outcome` k8s.decide.Outcome, `reason`
+# k8s.decide.Reason, `phase` k8s.resource.Phase, `arm`/`role` champion|challenger, `test` better|worse,
+# `bound` estimate|lower|upper, `guardrail` error_rate|p99_latency_seconds|score_psi, `result` ok|temporary_error|
+# permanent_error|not_leader. Gauges keep only the latest decision's series per resource (an old model version
+# or criterion is removed), so cardinality stays bounded.
 CONTROLLER = (
     MetricSpec("kingmaker_controller_decisions", Kind.COUNTER,
-               "Decisions of the promotion controller", ("outcome", "reason")),
+               "Decisions of the promotion controller", ("championchallenger", "outcome", "reason")),
     MetricSpec("kingmaker_controller_last_decision_timestamp_seconds", Kind.GAUGE,
-               "Unix time of the last decision"),
+               "Unix time of the last decision", ("championchallenger",)),
     MetricSpec("kingmaker_controller_p_value", Kind.GAUGE,
-               "Always-valid p-value of the last decision: test=better (challenger not better) or worse",
-               ("test",)),
+               "Always-valid p-value of the last decision, test=better (H0: challenger not better) or worse; "
+               "1/p is the betting test's largest wealth so far, which decides when it reaches 1/alpha",
+               ("championchallenger", "test")),
+    MetricSpec("kingmaker_controller_alpha", Kind.GAUGE,
+               "Level of the sequential test: a verdict needs p <= alpha, i.e. wealth >= 1/alpha",
+               ("championchallenger",)),
+    MetricSpec("kingmaker_controller_criterion_difference", Kind.GAUGE,
+               "Challenger minus champion on the criterion (cost per 1k transactions, recall or PR-AUC) and its "
+               "always-valid confidence sequence (bound=estimate|lower|upper)",
+               ("championchallenger", "criterion", "bound")),
     MetricSpec("kingmaker_controller_matured_labelled", Kind.GAUGE,
-               "Matured labelled transactions per arm in the last decision", ("arm", "model_version")),
+               "Matured labelled transactions per arm in the last decision",
+               ("championchallenger", "arm", "model_version")),
     MetricSpec("kingmaker_controller_matured_positives", Kind.GAUGE,
-               "Matured frauds per arm in the last decision", ("arm", "model_version")),
+               "Matured frauds per arm in the last decision", ("championchallenger", "arm", "model_version")),
+    MetricSpec("kingmaker_controller_min_matured_labelled", Kind.GAUGE,
+               "Gate: matured labelled transactions each arm needs before any verdict", ("championchallenger",)),
+    MetricSpec("kingmaker_controller_min_matured_positives", Kind.GAUGE,
+               "Gate: matured frauds each arm needs before any verdict", ("championchallenger",)),
+    MetricSpec("kingmaker_controller_guardrail_limit", Kind.GAUGE,
+               "The resource's guardrail: a challenger reading above it rolls the challenger back",
+               ("championchallenger", "guardrail")),
+    MetricSpec("kingmaker_controller_guardrail_reading", Kind.GAUGE,
+               "The challenger's guardrail reading in the last decision (absent: could not be read)",
+               ("championchallenger", "guardrail")),
+    MetricSpec("kingmaker_controller_phase", Kind.GAUGE,
+               "1 for the resource's current status.phase, 0 for the others", ("championchallenger", "phase")),
+    MetricSpec("kingmaker_controller_model_version_info", Kind.GAUGE,
+               "1 for the model version in each role (champion, challenger) according to the status",
+               ("championchallenger", "role", "model_version")),
+    MetricSpec("kingmaker_controller_reconciles", Kind.COUNTER,
+               "Reconciles by result=ok|temporary_error|permanent_error|not_leader", ("championchallenger", "result")),
+    MetricSpec("kingmaker_controller_last_reconcile_timestamp_seconds", Kind.GAUGE,
+               "Unix time of the last reconcile that completed", ("championchallenger",)),
+    MetricSpec("kingmaker_controller_evaluation_interval_seconds", Kind.GAUGE,
+               "The resource's evaluationIntervalSeconds", ("championchallenger",)),
+    MetricSpec("kingmaker_controller_leader", Kind.GAUGE,
+               "1 while this controller process may act (holds the Lease, or the local lock), else 0; per "
+               "process, not per resource: one Lease covers every resource of the namespace"),
     MetricSpec("kingmaker_controller_policy_reloads", Kind.COUNTER,
                "Local mode: re-reads of the changed policy file: outcome=ok|invalid (an invalid edit keeps the "
-               "last good policy)", ("outcome",)),
+               "last good policy)", ("championchallenger", "outcome")),
 )
 
 # --- serving (bentos): Scorer (one process per arm) and Router ---------------------------------
@@ -153,6 +191,8 @@ SERVING = (
                "Prediction-log rows by outcome=written|failed|dropped (failed rows are retried)", ("outcome",)),
     MetricSpec("kingmaker_prediction_log_flush_duration_seconds", Kind.HISTOGRAM,
                "Time to write one prediction-log file", (), LATENCY_BUCKETS),
+    MetricSpec("kingmaker_prediction_log_lag_seconds", Kind.GAUGE,
+               "Age of the oldest prediction-log row not yet written (0 when every row is written)"),
     MetricSpec("kingmaker_feedback_labels", Kind.COUNTER,
                "Labels received on /feedback: outcome=written|duplicate|updated", ("outcome",)),
     MetricSpec("kingmaker_feedback_unknown_ids", Kind.COUNTER,
@@ -161,7 +201,18 @@ SERVING = (
                "Requests refused by bearer-token auth: reason=missing|invalid|not_configured", ("path", "reason")),
 )
 
-CATALOG = Catalog(specs=TRAINING + DRIFT + CONTROLLER + SERVING)
+# --- runtime: prometheus_client's process collector ----------------------------------------------
+# Each serving process exposes these for itself (`bentos.metrics`). They keep prometheus_client's standard
+# names (no kingmaker_ prefix) and are never created from here; they are listed so that rules and dashboards
+# name catalogued metrics only.
+RUNTIME = (
+    MetricSpec("process_cpu_seconds", Kind.COUNTER, "Total user and system CPU time spent in seconds"),
+    MetricSpec("process_resident_memory_bytes", Kind.GAUGE, "Resident memory size in bytes"),
+    MetricSpec("process_open_fds", Kind.GAUGE, "Number of open file descriptors"),
+    MetricSpec("process_start_time_seconds", Kind.GAUGE, "Start time of the process since unix epoch in seconds"),
+)
+
+CATALOG = Catalog(specs=TRAINING + DRIFT + CONTROLLER + SERVING + RUNTIME)
 
 
 def create(spec: MetricSpec, registry: CollectorRegistry) -> Counter | Gauge | Histogram:

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,43 @@ def transactions(n: int, seed: int = 7) -> list[dict[str, Any]]:
     feats = frame[list(ds.features)].to_dict(orient="records")
     return [{"request_id": f"it-{seed}-{i}", "ids": {"customer_id": str(c)}, "features": f}
             for i, (c, f) in enumerate(zip(frame["customer_id"], feats, strict=True))]
+
+
+def write_matured_traffic(predictions_url: str, labels_url: str, *, champion: str, challenger: str, better: bool,
+                          mode: str = "shadow", n: int = 2500, seed: int = 11, model: str = "fraud-detector") -> None:
+    """Labelled traffic 4 h to 1 h old (matured under a 1 h label delay): transactions from the synthetic
+    generator whose challenger scores separate frauds far better (or far worse) than the champion's. Shadow:
+    every request on both arms; split: each request on one arm, half to the challenger."""
+    import numpy as np
+    import pandas as pd
+
+    from kingmaker import logs
+    from training.data import synthetic
+
+    ds = synthetic(rows=n, seed=seed, fraud_rate=0.02)
+    rng = np.random.default_rng(seed)
+    y = ds.y.astype(float)
+    shared = rng.standard_normal(n)
+
+    def scores(separation: float) -> np.ndarray:
+        latent = separation * y + np.sqrt(0.85) * shared + np.sqrt(0.15) * rng.standard_normal(n)
+        return 1.0 / (1.0 + np.exp(-(latent - 4.0)))
+
+    a, b = (scores(1.0), scores(3.5)) if better else (scores(3.5), scores(1.0))
+    on_challenger = rng.random(n) < 0.5 if mode == "split" else np.ones(n, dtype=bool)
+    on_champion = ~on_challenger if mode == "split" else np.ones(n, dtype=bool)
+    start = datetime.now(UTC) - timedelta(hours=4)
+    ts = pd.Series([start + timedelta(seconds=float(i)) for i in np.linspace(0, 3 * 3600, n)])
+    ids = [f"req-{seed}-{i}" for i in range(n)]
+    requests = pd.DataFrame({"request_id": ids, "ts": ts, "routing_key": ds.frame["customer_id"],
+                             **{logs.feature_column(f): ds.frame[f].to_numpy() for f in ds.features}})
+    frames = [requests[rows].assign(arm=arm, served=arm == "champion" or mode == "split", mode=mode, model_name=model,
+                                    model_version=version, score=s[rows], decision=s[rows] > 0.5, threshold=0.5,
+                                    latency_ms=3.0)
+              for arm, version, s, rows in (("champion", champion, a, on_champion),
+                                            ("challenger", challenger, b, on_challenger))]
+    logs.append_predictions(predictions_url, pd.concat(frames, ignore_index=True), ds.features)
+    logs.append_labels(labels_url, pd.DataFrame({"request_id": ids, "label": ds.y, "label_ts": ts + timedelta(minutes=5)}))
 
 
 @dataclass

@@ -9,9 +9,7 @@ chain on models trained by `kingmaker train` (the shared ``trained_home`` fixtur
 from __future__ import annotations
 
 import json
-import shutil
 import socket
-import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -27,6 +25,7 @@ from kingmaker import reference
 from kingmaker.logs import append_predictions
 from kingmaker.settings import MlflowSettings
 from tests.conftest import kingmaker
+from tests.integration.prometheus_support import pushgateway as local_pushgateway
 from training.data import synthetic
 
 if TYPE_CHECKING:
@@ -46,29 +45,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def pushgateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = shutil.which("prometheus-pushgateway")
-    if binary is None:
-        pytest.fail("prometheus-pushgateway is not installed (apt-get install prometheus-pushgateway; .ci/test does)")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = (tmp_path_factory.mktemp("pushgateway") / "pushgateway.log").open("w")
-    proc = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=log)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"pushgateway did not start on {url} (see {log.name})")
-                time.sleep(0.1)
+    with local_pushgateway(tmp_path_factory.mktemp("pushgateway")) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
 
 
 def _scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -21,13 +21,10 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
-import pandas as pd
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry, start_http_server
@@ -35,12 +32,11 @@ from prometheus_client import CollectorRegistry, start_http_server
 from k8s.decide import GuardrailReadings
 from k8s.sources.prometheus import GuardrailQueries, PrometheusAPI, PrometheusGuardrails
 from k8s.state import Pair
-from kingmaker import logs
 from kingmaker.catalog import CATALOG, create
 from kingmaker.settings import MlflowSettings
 from tests.conftest import kingmaker
-from tests.integration.bentos_support import start_serve, transactions
-from training.data import synthetic
+from tests.integration.bentos_support import start_serve, transactions, write_matured_traffic
+from tests.integration.prometheus_support import prometheus as local_prometheus
 
 pytestmark = pytest.mark.integration
 
@@ -84,9 +80,6 @@ class FakeRouter:
 
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    exe = shutil.which("prometheus")
-    if exe is None:
-        pytest.skip("Debian `prometheus` is not installed (bash .ci/test installs it)")
     healthy, failing = FakeRouter(0.005, 0.02), FakeRouter(0.05, 0.02)
     stop = threading.Event()
 
@@ -97,38 +90,27 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             stop.wait(0.25)
 
     threading.Thread(target=feed, daemon=True).start()
-    folder = tmp_path_factory.mktemp("prometheus")
     config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
               "scrape_configs": [{"job_name": name, "static_configs": [{"targets": [f"127.0.0.1:{r.port}"]}]}
                                  for name, r in (("healthy", healthy), ("failing", failing))]}
-    (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = _free_port()
-    proc = subprocess.Popen([exe, f"--config.file={folder / 'prometheus.yml'}", f"--storage.tsdb.path={folder / 'data'}",
-                             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
     try:
-        api = PrometheusAPI(url, timeout=2.0)
-        deadline = time.monotonic() + 60
-        while True:  # ready once both jobs have enough samples for a rate over the window
-            try:
-                if all(api.query(GuardrailQueries(WINDOW, f'job="{j}"').error_rate("2")) is not None
-                       for j in ("healthy", "failing")):
-                    break
-            except Exception:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("Prometheus did not come up with data")
-            time.sleep(0.5)
-        api.close()
-        yield url
+        with local_prometheus(tmp_path_factory.mktemp("prometheus"), config) as url:
+            api = PrometheusAPI(url, timeout=2.0)
+            deadline = time.monotonic() + 60
+            while True:  # ready once both jobs have enough samples for a rate over the window
+                try:
+                    if all(api.query(GuardrailQueries(WINDOW, f'job="{j}"').error_rate("2")) is not None
+                           for j in ("healthy", "failing")):
+                        break
+                except Exception:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("Prometheus did not come up with data")
+                time.sleep(0.5)
+            api.close()
+            yield url
     finally:
         stop.set()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
         for r in (healthy, failing):
             r.server.shutdown()
             r.server.server_close()
@@ -159,34 +141,10 @@ def home(trained_home: Path, tmp_path: Path) -> Path:
     return dst
 
 
-def write_traffic(home: Path, *, better: bool, n: int = 2500, seed: int = 11) -> None:
-    """Shadow traffic, 4 h to 1 h old (labels matured), transactions from the synthetic generator. The challenger's
-    scores separate frauds far better (or far worse) than the champion's."""
-    ds = synthetic(rows=n, seed=seed, fraud_rate=0.02)
-    rng = np.random.default_rng(seed)
-    y = ds.y.astype(float)
-    shared = rng.standard_normal(n)
-
-    def scores(separation: float) -> np.ndarray:
-        latent = separation * y + np.sqrt(0.85) * shared + np.sqrt(0.15) * rng.standard_normal(n)
-        return 1.0 / (1.0 + np.exp(-(latent - 4.0)))
-
-    champion, challenger = (scores(1.0), scores(3.5)) if better else (scores(3.5), scores(1.0))
-    start = datetime.now(UTC) - timedelta(hours=4)
-    ts = pd.Series([start + timedelta(seconds=float(i)) for i in np.linspace(0, 3 * 3600, n)])
-    ids = [f"req-{seed}-{i}" for i in range(n)]
-    frames = []
-    for arm, version, s in (("champion", "1", champion), ("challenger", "2", challenger)):
-        frame = pd.DataFrame({"request_id": ids, "ts": ts, "routing_key": ds.frame["customer_id"], "arm": arm,
-                              "served": arm == "champion", "mode": "shadow", "model_name": MODEL,
-                              "model_version": version, "score": s, "decision": s > 0.5, "threshold": 0.5,
-                              "latency_ms": 3.0})
-        for f in ds.features:
-            frame[logs.feature_column(f)] = ds.frame[f].to_numpy()
-        frames.append(frame)
-    logs.append_predictions(str(home / "logs" / "predictions"), pd.concat(frames, ignore_index=True), ds.features)
-    logs.append_labels(str(home / "logs" / "labels"), pd.DataFrame(
-        {"request_id": ids, "label": ds.y, "label_ts": ts + timedelta(minutes=5)}))
+def write_traffic(home: Path, *, better: bool) -> None:
+    """Shadow traffic of v1 and v2 in the home's logs, labels matured (`write_matured_traffic`)."""
+    write_matured_traffic(str(home / "logs" / "predictions"), str(home / "logs" / "labels"), champion="1",
+                          challenger="2", better=better)
 
 
 def policy(home: Path) -> Path:

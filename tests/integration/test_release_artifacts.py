@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .serving_support import serving_stack
+from .bentos_support import serving_stack
 
 pytestmark = pytest.mark.integration
 

@@ -98,6 +98,24 @@ def test_overflow_drops_oldest_and_counts() -> None:
     assert buf.dropped + (sum(dropped) - buf.dropped) == sum(dropped)
 
 
+def test_lag_is_the_age_of_the_oldest_unwritten_row_across_failed_writes() -> None:
+    now = [100.0]
+    sink = Sink(fail_times=1)
+    buf = BufferedLog(sink, max_rows=1000, max_delay_s=3600, clock=lambda: now[0])
+    assert buf.lag_seconds == 0.0
+    buf.add_one({"i": 0})
+    now[0] = 110.0
+    buf.add_one({"i": 1})
+    now[0] = 130.0
+    assert buf.lag_seconds == 30.0
+    assert buf.flush() == 0  # the store fails: the rows go back, keeping their age
+    now[0] = 140.0
+    assert buf.lag_seconds == 40.0
+    assert buf.flush() == 2
+    assert buf.lag_seconds == 0.0
+    buf.close()
+
+
 def test_pending_values_include_rows_being_written() -> None:
     gate = threading.Event()
     seen: list[set[object]] = []

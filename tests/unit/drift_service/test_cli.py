@@ -90,6 +90,17 @@ def test_failures_are_one_line_and_exit_2(setup: tuple[Path, str], tmp_path: Pat
     assert not (tmp_path / "out" / "drift.json").exists()
 
 
+@pytest.mark.parametrize("label", ["championchallenger", "9x=1", "job=other", "namespace="])
+def test_a_bad_pushgateway_label_is_one_usage_error(setup: tuple[Path, str], tmp_path: Path, label: str,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    ref_dir, url = setup
+    with pytest.raises(SystemExit) as exit_:
+        main(_args(ref_dir, url, tmp_path / "out", "--pushgateway-label", label))
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: argument --pushgateway-label:" in err and "Traceback" not in err
+
+
 def test_bad_reference_file_is_reported(setup: tuple[Path, str], tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     ref_dir, url = setup

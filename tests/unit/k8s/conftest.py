@@ -224,6 +224,10 @@ class MemoryStore:
     saved: list[Status] = field(default_factory=list)
     events: list[tuple[str, str, str]] = field(default_factory=list)
 
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
     def load(self) -> tuple[Spec, Status]:
         return self.spec, self.current
 

@@ -11,7 +11,9 @@ def test_controller_metrics_are_catalogued() -> None:
     for spec in CONTROLLER:
         assert CATALOG[spec.name] is spec
         assert spec.name.startswith("kingmaker_controller_")
-    assert CATALOG["kingmaker_controller_decisions"].labels == ("outcome", "reason")
+        # every series names its resource, except leadership, which belongs to the process
+        assert spec.labels[:1] == (() if spec.name == "kingmaker_controller_leader" else ("championchallenger",))
+    assert CATALOG["kingmaker_controller_decisions"].labels == ("championchallenger", "outcome", "reason")
     assert CATALOG["kingmaker_controller_decisions"].kind is Kind.COUNTER
 
 

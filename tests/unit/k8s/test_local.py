@@ -201,7 +201,7 @@ def test_local_mode_decides_with_the_policy_as_edited(home: Home, registry: Mlfl
     metrics = ControllerMetrics()
 
     def on_reload(outcome: str, message: str) -> None:
-        metrics.policy_reloaded(outcome)
+        metrics.policy_reloaded(store.name, outcome)
         if outcome == "invalid":
             store.event("Warning", "PolicyRejected", message)
 
@@ -223,5 +223,5 @@ def test_local_mode_decides_with_the_policy_as_edited(home: Home, registry: Mlfl
     assert last is not None and last.decision is not None and last.decision.reason is Reason.CHALLENGER_BETTER
     assert registry.aliases()["champion"] == "2"
     reloads = CATALOG["kingmaker_controller_policy_reloads"].exposed_name
-    assert metrics.registry.get_sample_value(reloads, {"outcome": "invalid"}) == 1.0
-    assert metrics.registry.get_sample_value(reloads, {"outcome": "ok"}) == 1.0
+    assert metrics.registry.get_sample_value(reloads, {"championchallenger": MODEL, "outcome": "invalid"}) == 1.0
+    assert metrics.registry.get_sample_value(reloads, {"championchallenger": MODEL, "outcome": "ok"}) == 1.0
