@@ -57,8 +57,9 @@ class Service:
     user: str | None = None  # run as this OS user (only when we are root)
     stop_signal: int = signal.SIGTERM
     proc: subprocess.Popen[bytes] | None = None
-    #: Seconds from spawn to ready, one entry per start.
+    #: Seconds from spawn to ready, one entry per start; from the stop signal to exit, one per stop.
     ready_seconds: list[float] = field(default_factory=list)
+    stop_seconds: list[float] = field(default_factory=list)
 
     def start(self, timeout: float = 120.0) -> Service:
         if self.running():
@@ -89,14 +90,17 @@ class Service:
         """``stop_signal`` to the whole process group (servers with workers), SIGKILL after ``timeout``."""
         if self.proc is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, self.stop_signal)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
+        if self.proc.poll() is None:
+            started = time.monotonic()
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+                os.killpg(self.proc.pid, self.stop_signal)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+            self.stop_seconds.append(time.monotonic() - started)
         with contextlib.suppress(ProcessLookupError):  # stragglers of the group (e.g. workers)
             os.killpg(self.proc.pid, signal.SIGKILL)
 
