@@ -25,7 +25,7 @@ def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stores.Ob
     try:
         store = stores.ObjectStore.create(tmp_path_factory.mktemp("seaweedfs"))
     except stores.StoreUnavailable as exc:
-        pytest.skip(str(exc))
+        pytest.fail(str(exc), pytrace=False)
     try:
         store.service.start()
         yield store
@@ -52,7 +52,7 @@ def _registry(run_dir: Path, store: stores.ObjectStore, bucket: str) -> Iterator
         with stores.registry(run_dir, store, bucket) as reg:
             yield reg
     except stores.StoreUnavailable as exc:
-        pytest.skip(str(exc))
+        pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@
 
 Each is a `Service`: one process (own session, log file) that can be stopped and started again on the
 same ports — the outage tests stop the registry and bring it back. Binaries come from `.ci/stores`
-(``KINGMAKER_WEED``, ``KINGMAKER_PG_BIN``); without them the fixtures skip, naming what is missing.
+(``KINGMAKER_WEED``, ``KINGMAKER_PG_BIN``, else where it puts them); without them the fixtures fail
+with one line naming what is missing.
 Secrets are passed through the environment only, never on a command line or in a URL.
 """
 
@@ -41,7 +42,7 @@ REGION = "us-east-1"
 
 
 class StoreUnavailable(RuntimeError):
-    """A store binary is missing (run `bash .ci/stores`): the fixtures skip with this message."""
+    """A store binary or OS user is missing: the fixtures fail with this one line (as for Prometheus)."""
 
 
 @dataclass
@@ -132,12 +133,26 @@ def _http_ok(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
-def _binary(env_var: str, name: str) -> Path:
-    value = os.environ.get(env_var, "")
-    path = Path(value) if value else None
-    if path is None or not path.exists():
-        raise StoreUnavailable(f"{name} not found (${env_var}={value!r}): run `source .ci/stores` first")
-    return path
+def _found(env_var: str, base: Path, pattern: str, what: str) -> Path:
+    """``$env_var`` (sourcing .ci/stores sets it), else the newest ``base/pattern`` (where .ci/stores puts it)."""
+    if os.environ.get(env_var):
+        path = Path(os.environ[env_var])
+        if path.exists():
+            return path
+        raise StoreUnavailable(f"{what}: ${env_var}={path} does not exist (run `bash .ci/stores`)")
+    matches = sorted(base.glob(pattern), key=lambda p: p.stat().st_mtime)
+    if not matches:
+        raise StoreUnavailable(f"{what} not found (no ${env_var}, nothing at {base / pattern}): run `bash .ci/stores`")
+    return matches[-1]
+
+
+def weed_binary() -> Path:
+    cache = Path(os.environ.get("KINGMAKER_CACHE") or Path.home() / ".cache" / "kingmaker")
+    return _found("KINGMAKER_WEED", cache, "seaweedfs-*/weed", "the SeaweedFS `weed` binary")
+
+
+def postgres_bin() -> Path:
+    return _found("KINGMAKER_PG_BIN", Path("/usr/lib/postgresql"), "*/bin", "PostgreSQL's server binaries")
 
 
 # --- S3: SeaweedFS -------------------------------------------------------------------------------------------
@@ -155,7 +170,7 @@ class ObjectStore:
 
     @classmethod
     def create(cls, run_dir: Path, weed: Path | None = None) -> ObjectStore:
-        weed = weed or _binary("KINGMAKER_WEED", "the SeaweedFS `weed` binary")
+        weed = weed or weed_binary()
         run_dir.mkdir(parents=True, exist_ok=True)
         data = run_dir / "data"
         data.mkdir()  # empty on every run: `weed mini` also restores saved flags from <dir>/mini.options
@@ -234,7 +249,7 @@ class Postgres:
 
     @classmethod
     def create(cls, log_dir: Path, bin_dir: Path | None = None) -> Postgres:
-        bin_dir = bin_dir or _binary("KINGMAKER_PG_BIN", "PostgreSQL's server binaries (initdb, postgres)")
+        bin_dir = bin_dir or postgres_bin()
         os_user = _unprivileged_user()
         # Outside pytest's tmp folder, which is private to us: the cluster's OS user must reach it.
         root = Path(tempfile.mkdtemp(prefix="kingmaker-pg-"))
