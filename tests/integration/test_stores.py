@@ -15,7 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from kingmaker import logs
 from tests.conftest import ROOT
 
 from . import stores
-from .bentos_support import fire, serving_stack, transactions
+from .bentos_support import fire, serving_stack, transactions, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -204,7 +204,7 @@ def test_logs_round_trip_on_s3(object_store: stores.ObjectStore, s3_prefix: str,
 
     bucket, prefix = s3_prefix.removeprefix("s3://").split("/", 1)
     keys = object_store.keys(bucket, prefix + "/")
-    assert len(keys) == 2 + 1 + 2  # predictions: 1 + 2 partitions' files; labels: one file per append
+    assert len(keys) == 3 + 2  # predictions: 1 file, then 2 (that append spans two dates); labels: 1 per append
     assert all(k.rsplit("/", 1)[1].startswith("part-") and k.endswith(".parquet") for k in keys), keys
 
 
@@ -224,14 +224,22 @@ def test_two_writer_processes_append_to_one_s3_log_without_losing_a_row(
     for key, value in object_store.env.items():
         monkeypatch.setenv(key, value)
     url, batches, rows = f"{s3_prefix}/predictions", 15, 40
-    assert logs.read_predictions(url).empty  # this process lists the (empty) log before the writers start
+    assert logs.read_predictions(url).empty
     start_at = time.time() + 8  # after both interpreters have imported pandas/pyarrow/s3fs
     writers = [subprocess.Popen([sys.executable, "-c", WRITER, url, name, str(batches), str(rows), str(start_at)],
                                 cwd=ROOT, stderr=subprocess.PIPE, text=True,
                                 env={**os.environ, "PYTHONPATH": str(ROOT)}) for name in ("a", "b")]
+    # Meanwhile this process reads the log again and again, as the controller and the Router do while
+    # other replicas write: every read succeeds and sees no fewer rows than the one before.
+    seen = [0]
+    while any(w.poll() is None for w in writers):
+        seen.append(len(logs.read_predictions(url)))
+        assert seen[-1] >= seen[-2]
+        time.sleep(0.2)
     for w in writers:
         _, err = w.communicate(timeout=300)
         assert w.returncode == 0, err[-3000:]
+    assert len({n for n in seen if 0 < n < 2 * batches * rows}) >= 2, f"reads did not overlap the writes: {seen}"
 
     back = logs.read_predictions(url)  # the same process again: it must see the other processes' files
     assert len(back) == 2 * batches * rows
@@ -271,6 +279,7 @@ def test_registry_outage_fails_client_calls_and_recovers(private_registry: store
     reg.postgres.service.stop()
     with pytest.raises(MlflowException):
         resolve()
+    assert reg.server.service.running()
     reg.postgres.service.start()
     assert _eventually(resolve) == version.version
 
@@ -289,14 +298,14 @@ def test_registry_outage_fails_client_calls_and_recovers(private_registry: store
           f"+ {server.ready_seconds[-1]:.2f} s")
 
 
-def _eventually(call: object, timeout: float = 30.0) -> str:
+def _eventually(call: Callable[[], str], timeout: float = 30.0) -> str:
     """The first successful result of ``call()`` within ``timeout`` (the server's pool reconnects)."""
     from mlflow.exceptions import MlflowException
 
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return str(call())  # type: ignore[operator]
+            return call()
         except MlflowException:
             if time.monotonic() > deadline:
                 raise
@@ -307,32 +316,40 @@ def test_serving_loads_both_arms_through_the_server_and_logs_to_s3_and_drift_rea
         trained: Trained, object_store: stores.ObjectStore, s3_prefix: str, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     reg = trained.registry
+    for key, value in object_store.env.items():  # this process reads the logs too
+        monkeypatch.setenv(key, value)
     predictions, labels = f"{s3_prefix}/predictions", f"{s3_prefix}/labels"
     env = {**object_store.env, **reg.server.env, "KINGMAKER_PREDICTIONS_URL": predictions,
-           "KINGMAKER_LABELS_URL": labels}
-    bodies = transactions(1200, seed=11)
+           "KINGMAKER_LABELS_URL": labels, "KINGMAKER_LOG_FLUSH_ROWS": "100000", "KINGMAKER_LOG_FLUSH_SECONDS": "3"}
+    bodies = transactions(1300, seed=11)
+    first, last = bodies[:1200], bodies[1200:]
     with serving_stack(tmp_path / "home", tmp_path, {"mode": "split", "challenger_weight": 0.5}, env=env) as stack:
         for scorer, version in ((stack.champion, "1"), (stack.challenger, "2")):
             assert scorer is not None
             info = httpx.post(f"{scorer.url}/info", json={}, timeout=10).json()
             assert str(info["model_version"]) == version, info
-        outcomes = asyncio.run(fire(f"{stack.router.url}/predict", bodies, concurrency=8))
-        assert [o.status for o in outcomes] == [200] * len(bodies)
-        served = {o.answer["arm"] for o in outcomes if o.answer}
-        assert served == {"champion", "challenger"}
-        time.sleep(2.5)  # > KINGMAKER_LOG_FLUSH_SECONDS: the rows so far are in S3, so /feedback knows the ids
-        feedback = httpx.post(f"{stack.router.url}/feedback", headers={"Authorization": "Bearer it-token"},
-                              json={"labels": [{"request_id": b["request_id"], "label": i % 2}
-                                               for i, b in enumerate(bodies[:50])]}, timeout=30).json()
-        assert (feedback["written"], feedback["unknown"]) == (50, 0), feedback
-        stack.router.stop(timeout=60)  # SIGTERM: the Router flushes what it still buffers
+        outcomes = asyncio.run(fire(f"{stack.router.url}/predict", first, concurrency=8))
+        assert [o.status for o in outcomes] == [200] * len(first)
+        assert {o.answer["arm"] for o in outcomes if o.answer} == {"champion", "challenger"}
 
-    for key, value in object_store.env.items():
-        monkeypatch.setenv(key, value)
+        wait_until(lambda: len(logs.read_predictions(predictions)) == len(first), 60, "the Router's flush to S3")
+        # ids the Router no longer buffers: it finds them by reading the prediction log back from S3
+        labelled = [b["request_id"] for b in first[:50]]
+        feedback = httpx.post(f"{stack.router.url}/feedback", headers={"Authorization": "Bearer it-token"},
+                              json={"labels": [{"request_id": rid, "label": i % 2} for i, rid in enumerate(labelled)]},
+                              timeout=30).json()
+        assert (feedback["written"], feedback["unknown"]) == (50, 0), feedback
+
+        outcomes = asyncio.run(fire(f"{stack.router.url}/predict", last, concurrency=8))
+        assert [o.status for o in outcomes] == [200] * len(last)
+        unflushed = len(bodies) - len(logs.read_predictions(predictions))
+        stack.router.stop(timeout=60)  # SIGTERM right away: the Router writes what it still buffers
+    print(f"\n{unflushed} of {len(last)} rows of the last burst were still buffered at SIGTERM")
+
     logged = logs.read_predictions(predictions)
     assert sorted(logged["request_id"]) == sorted(b["request_id"] for b in bodies)
     assert set(logged["model_version"]) == {"1", "2"}
-    assert len(logs.read_labels(labels)) == 50
+    assert set(logs.read_labels(labels)["request_id"]) == set(labelled)
 
     out = run_cli("drift", "--window", "2h", "--predictions-url", predictions, "--output-dir", str(tmp_path / "drift"),
                   env={**object_store.env, **reg.server.env}, out_dir=tmp_path, name="drift")
@@ -349,7 +366,7 @@ def test_credentials_travel_only_in_the_environment(trained: Trained,
     reg = trained.registry
     secrets_ = {"S3 access key": reg.store.access_key, "S3 secret key": reg.store.secret_key,
                 "PostgreSQL password": reg.postgres.password}
-    files = stores.log_files(tmp_path_factory.getbasetemp(), reg.postgres.service.log_path.parent)
+    files = stores.log_files(tmp_path_factory.getbasetemp())
     names = {f.name for f in files}
     assert {"weed.log", "postgresql.log", "mlflow-server.log", "train-1.err"} <= names, sorted(names)
     for path in files:
