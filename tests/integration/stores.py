@@ -57,12 +57,13 @@ class Service:
     cwd: Path | None = None
     user: str | None = None  # run as this OS user (only when we are root)
     stop_signal: int = signal.SIGTERM
+    ready_timeout: float = 120.0
     proc: subprocess.Popen[bytes] | None = None
     #: Seconds from spawn to ready, one entry per start; from the stop signal to exit, one per stop.
     ready_seconds: list[float] = field(default_factory=list)
     stop_seconds: list[float] = field(default_factory=list)
 
-    def start(self, timeout: float = 120.0) -> Service:
+    def start(self) -> Service:
         if self.running():
             return self
         started = time.monotonic()
@@ -72,14 +73,14 @@ class Service:
             self.proc = subprocess.Popen(list(self.argv), env={**_base_env(), **self.env}, cwd=self.cwd,
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True, **_as_user(self.user))
-        deadline = started + timeout
+        deadline = started + self.ready_timeout
         while not self.probe():
             if not self.running():
                 raise RuntimeError(f"{self.name} exited with code {self.proc.returncode} while starting:\n"
                                    f"{self.log_tail()}")
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"{self.name} was not ready after {timeout:.0f} s:\n{self.log_tail()}")
+                raise RuntimeError(f"{self.name} was not ready after {self.ready_timeout:.0f} s:\n{self.log_tail()}")
             time.sleep(0.2)
         self.ready_seconds.append(time.monotonic() - started)
         return self
@@ -166,7 +167,6 @@ class ObjectStore:
     endpoint: str
     access_key: str = field(repr=False)
     secret_key: str = field(repr=False)
-    data_dir: Path
 
     @classmethod
     def create(cls, run_dir: Path, weed: Path | None = None) -> ObjectStore:
@@ -193,7 +193,7 @@ class ObjectStore:
                   for name, port in ports.items())]
         endpoint = f"http://127.0.0.1:{ports['s3']}"
         store = cls(Service("seaweedfs", argv, run_dir / "weed.log", probe=lambda: False, cwd=run_dir),
-                    endpoint, access_key, secret_key, data)
+                    endpoint, access_key, secret_key)
         store.service.probe = store._ready
         return store
 
@@ -340,26 +340,25 @@ class MlflowServer:
 
     service: Service
     port: int
-    artifacts: str
 
     @classmethod
     def create(cls, run_dir: Path, backend_url: str, postgres: Postgres, store: ObjectStore,
                bucket: str) -> MlflowServer:
         run_dir.mkdir(parents=True, exist_ok=True)
         port = free_port()
-        artifacts = f"s3://{bucket}/mlartifacts"
         exe = Path(sys.executable).with_name("mlflow")
-        argv = [str(exe), "server", "--host", "127.0.0.1", "--port", str(port),
-                "--backend-store-uri", backend_url, "--serve-artifacts", "--artifacts-destination", artifacts,
+        argv = [str(exe), "server", "--host", "127.0.0.1", "--port", str(port), "--backend-store-uri", backend_url,
+                "--serve-artifacts", "--artifacts-destination", f"s3://{bucket}/mlartifacts",
                 # one worker is plenty for tests on 2 cores (default 4); the host check stays on, for our address
                 "--workers", "1", "--allowed-hosts", f"127.0.0.1:{port},localhost:{port}"]
         env = {**store.env, **postgres.env, "MLFLOW_TMP_DIR": str(run_dir / "tmp"),
                # no background job runner (huey consumers for GenAI scorers and trace roll-ups): unused here
                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         (run_dir / "tmp").mkdir(exist_ok=True)
-        url = f"http://127.0.0.1:{port}"
-        return cls(Service("mlflow-server", argv, run_dir / "mlflow-server.log", probe=lambda: _http_ok(f"{url}/health"),
-                           env=env, cwd=run_dir), port, artifacts)
+        health = f"http://127.0.0.1:{port}/health"
+        # ready in 17-45 s on the shared 2-core machine (mlflow is imported twice; a first start migrates the schema)
+        return cls(Service("mlflow-server", argv, run_dir / "mlflow-server.log", probe=lambda: _http_ok(health),
+                           env=env, cwd=run_dir, ready_timeout=240), port)
 
     @property
     def url(self) -> str:
@@ -402,7 +401,7 @@ def registry(run_dir: Path, store: ObjectStore, bucket: str) -> Iterator[Registr
         postgres.service.start()
         server = MlflowServer.create(run_dir, postgres.create_database("mlflow"), postgres, store, bucket)
         try:
-            server.service.start(timeout=180)
+            server.service.start()
             yield Registry(postgres, server, store, bucket)
         finally:
             server.service.stop()

@@ -1,9 +1,11 @@
 """The production-shaped stores, used by the product as it is: a real S3 object store (SeaweedFS), a real
 PostgreSQL and a real ``mlflow server`` with artifacts proxied to S3 (fixtures in conftest.py, processes
-in stores.py). What is proven here: training registers through the server and its artifacts live in the
-bucket (not on disk); a fresh process loads the champion through the server; the prediction and label
-logs round-trip on ``s3://`` with two writer processes at once; credentials travel only in the
-environment; and a registry outage is visible to clients and recovers when the stores come back."""
+in stores.py). Proven here: every store listens on loopback only and S3 refuses wrong keys; training
+registers through the server and its artifacts live in the bucket, not on disk; a fresh process with no
+S3 credentials loads the champion through the server; the logs round-trip on ``s3://`` and a reader
+keeps up with two writer processes; both Scorers load by alias through the server, the Router logs to S3
+(and flushes on SIGTERM), /feedback writes labels there and the drift job reads the window from it; a
+registry outage fails client calls and recovers; no credential reaches a log or a command line."""
 
 from __future__ import annotations
 
@@ -136,7 +138,8 @@ def test_training_registers_through_the_server_with_artifacts_only_in_the_bucket
     # ... and nowhere on the local disk: neither where the CLI ran nor where the server runs.
     local = [p for root in (trained.work, reg.server.service.log_path.parent) for p in root.rglob("MLmodel")]
     assert local == [], local
-    print(f"\ntwo `kingmaker train` runs through the server: {trained.seconds:.1f} s; {len(keys)} objects in the bucket")
+    print(f"\ntwo `kingmaker train` runs through the server: {trained.seconds:.1f} s; {len(keys)} objects in the "
+          "bucket")
 
 
 LOAD = textwrap.dedent("""
@@ -212,7 +215,8 @@ WRITER = textwrap.dedent("""
     import sys, time
     from tests.integration.test_stores import _prediction_rows
     from kingmaker import logs
-    url, writer, batches, rows, start_at = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+    url, writer, start_at = sys.argv[1], sys.argv[2], float(sys.argv[5])
+    batches, rows = int(sys.argv[3]), int(sys.argv[4])
     time.sleep(max(0.0, start_at - time.time()))   # both writers begin at the same moment
     for b in range(batches):
         logs.append_predictions(url, _prediction_rows(rows, b * rows, writer), ["f01"])
@@ -294,8 +298,8 @@ def test_registry_outage_fails_client_calls_and_recovers(private_registry: store
     assert client.download_artifacts(run.info.run_id, "note.txt", str(reg.server.service.log_path.parent / "dl"))
     pg, server = reg.postgres.service, reg.server.service
     print(f"\nregistry down: a call failed after {failed_after:.2f} s; stop took {pg.stop_seconds[-1]:.2f} s "
-          f"(PostgreSQL) + {server.stop_seconds[-1]:.2f} s (mlflow server); restart ready in {pg.ready_seconds[-1]:.2f} s "
-          f"+ {server.ready_seconds[-1]:.2f} s")
+          f"(PostgreSQL) + {server.stop_seconds[-1]:.2f} s (mlflow server); restart ready in "
+          f"{pg.ready_seconds[-1]:.2f} s + {server.ready_seconds[-1]:.2f} s")
 
 
 def _eventually(call: Callable[[], str], timeout: float = 30.0) -> str:
