@@ -63,8 +63,14 @@ def prediction_schema(features: Sequence[str]) -> pa.Schema:
 LABEL_SCHEMA = pa.schema(list(LABEL_FIELDS))
 
 
-def _fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    fs, path = fsspec.core.url_to_fs(url)
+def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem and path of a log ``url``, with fsspec's directory-listing cache off.
+
+    Other processes (router replicas) add files to a log all the time. s3fs keeps a listing for the
+    life of its (cached, shared) instance and answers later lookups from it, so a long-lived reader
+    (the controller, a Router answering /feedback) would fail with FileNotFoundError on a file that
+    another replica wrote after the first read. Reads list the store afresh anyway."""
+    fs, path = fsspec.core.url_to_fs(url, use_listings_cache=False)
     return fs, path
 
 
@@ -91,7 +97,7 @@ def append(url: str, rows: pd.DataFrame | Iterable[Mapping[str, Any]], schema: p
     if missing:
         raise ValueError(f"log rows lack required column(s): {', '.join(missing)}")
     table = _to_table(frame, schema)
-    fs, root = _fs(url)
+    fs, root = filesystem(url)
     dates = pd.to_datetime(frame[ts_column], utc=True).dt.strftime("%Y-%m-%d").to_numpy()
     written = 0
     for day in sorted(set(dates)):
@@ -118,7 +124,7 @@ def append_labels(url: str, rows: pd.DataFrame | Iterable[Mapping[str, Any]]) ->
 def read(url: str, *, since: datetime | None = None, until: datetime | None = None,
          ts_column: str = "ts", columns: Sequence[str] | None = None) -> pd.DataFrame:
     """Read a log dataset, optionally only rows with ``since <= ts < until``. Empty frame if none."""
-    fs, root = _fs(url)
+    fs, root = filesystem(url)
     if not fs.exists(root):
         return pd.DataFrame()
     dataset = ds.dataset(root, filesystem=fs, format="parquet", partitioning="hive",
