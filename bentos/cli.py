@@ -50,12 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _update_config(path: Path, **changes: object) -> None:
-    from bentos import config
+    from kingmaker import router_config
 
-    current = config.load(path) if path.exists() else config.RouterConfig()
-    merged = config.parse({**current.as_dict(), **changes}, source="kingmaker serve")
-    if merged != current or not path.exists():
-        config.dump(merged, path)
+    router_config.update(path, source="kingmaker serve", **changes)
 
 
 def _feedback_token(home: Path) -> tuple[dict[str, str], str]:

@@ -2,7 +2,7 @@
 scored row and takes label feedback.
 
 Configured by environment (`kingmaker.settings.ServingSettings`: arm URLs, limits, tokens) and by the
-hot-reloaded traffic file (`bentos.config`: mode, weights, salt, routing field, timeouts)::
+hot-reloaded traffic file (`kingmaker.router_config`: mode, weights, salt, routing field, timeouts)::
 
     KINGMAKER_CHAMPION_URL=http://127.0.0.1:3001 KINGMAKER_CHALLENGER_URL=http://127.0.0.1:3002 \\
     KINGMAKER_ROUTER_CONFIG=router.yaml bentoml serve bentos.router:Router --port 3000
@@ -33,7 +33,7 @@ import bentoml
 from starlette.responses import JSONResponse
 
 from bentos import auth
-from bentos.config import ConfigWatcher, RouterConfig
+from bentos.config import ConfigWatcher
 from bentos.feedback import FeedbackStore
 from bentos.lifecycle import Drain, fix_bentoml_request_timers, settle_heap
 from bentos.messages import (
@@ -58,6 +58,7 @@ from bentos.routing import CircuitBreaker, choose_arm, routing_key
 from bentos.validation import FeatureSchema, InvalidRequest, Problem, check_batch_size, row_problems
 from kingmaker import logs
 from kingmaker.roles import Arm, Mode
+from kingmaker.router_config import RouterConfig
 from kingmaker.settings import LogSettings, ServingSettings
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,6 @@ import pytest
 import urllib3
 import yaml
 
-from bentos import config as router_config
 from k8s.act import ControllerMetrics, MlflowRegistry, Ports
 from k8s.controller import Controller
 from k8s.kube import (
@@ -27,6 +26,7 @@ from k8s.kube import (
 )
 from k8s.resource import Phase
 from k8s.state import Arms, Status
+from kingmaker import router_config
 from kingmaker.errors import PermanentError, TemporaryError
 from kingmaker.roles import Mode
 

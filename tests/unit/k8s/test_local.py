@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bentos import config as router_config
 from k8s.act import ControllerMetrics, MlflowRegistry, Ports
 from k8s.controller import Controller
 from k8s.local import LocalLock, LocalServing, LocalStore
 from k8s.resource import Phase
 from k8s.state import Arms, Status
+from kingmaker import router_config
 from kingmaker.errors import TemporaryError
 from kingmaker.roles import Mode
 
