@@ -65,8 +65,8 @@ from bentos.messages import (
 )
 from bentos.metrics import SCORER_SPECS, Metrics, observe_many
 from bentos.validation import FeatureSchema, InvalidRequest, Problem, row_vector, rows_matrix, table_matrix
+from kingmaker import models
 from kingmaker.settings import MlflowSettings, ServingSettings
-from training import model_io
 
 log = logging.getLogger(__name__)
 fix_bentoml_request_timers()  # see its docstring: without it p99 latency has 300-500 ms GC spikes
@@ -76,21 +76,17 @@ ARROW_FILE = "application/vnd.apache.arrow.file"
 THREAD_ROWS = 512  # batches at least this large are scored off the event loop
 
 
-def load_model(client: Any, uri: str) -> tuple[model_io.FraudModel, FeatureSchema]:
-    """Resolve ``uri`` once, load the version natively and read its signature."""
-    name, alias_or_version = model_io.parse_model_uri(uri)
-    ref = model_io.resolve(client, name, alias_or_version)
+def load_model(client: Any, uri: str) -> tuple[models.FraudModel, FeatureSchema]:
+    """Resolve ``uri`` once, load the version natively; requests are validated against its signature."""
     with tempfile.TemporaryDirectory(prefix="kingmaker-scorer-") as tmp:
-        model = model_io.load(client, ref, Path(tmp))
-        local = Path(tmp) / ref.source.removeprefix(f"runs:/{ref.run_id}/")
-        schema = FeatureSchema.from_mlmodel(local).ordered_like(model.features)
-    return model, schema
+        model = models.load_uri(client, uri, Path(tmp))
+    return model, FeatureSchema.from_columns(model.signature)
 
 
 class ScoringEngine:
     """Validation, scoring, decisions and metrics for one loaded model; no HTTP here."""
 
-    def __init__(self, model: model_io.FraudModel, schema: FeatureSchema, arm: str, max_batch_rows: int,
+    def __init__(self, model: models.FraudModel, schema: FeatureSchema, arm: str, max_batch_rows: int,
                  metrics: Metrics):
         self.model = model
         self.schema = schema
