@@ -219,12 +219,13 @@ async def router(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, apps: dict[str
     import yaml
     from aiohttp_asgi_connector import ASGIApplicationConnector
 
+    from bentos import arms
     from bentos import router as router_module
 
     def connector(url: str) -> Any:
         return (lambda: ASGIApplicationConnector(apps[url])) if url in apps else None
 
-    monkeypatch.setattr(router_module, "make_connector", connector)
+    monkeypatch.setattr(arms, "make_connector", connector)
     config_path = tmp_path / "router.yaml"
     config_path.write_text(yaml.safe_dump({"salt": "test", **(config or {})}))
     values = {"KINGMAKER_CHAMPION_URL": champion_url, "KINGMAKER_CHALLENGER_URL": challenger_url,
