@@ -3,6 +3,8 @@ version, and registration (aliases, tags, all or nothing) against a real MLflow 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,14 @@ def test_model_uris(uri: str, expected: tuple[str, str]) -> None:
 def test_bad_model_uris_are_refused(uri: str) -> None:
     with pytest.raises(PermanentError):
         models.parse_model_uri(uri)
+
+
+def test_importing_the_format_loads_no_mlflow_xgboost_or_sklearn() -> None:
+    """They are imported inside the functions that use them (CLI start-up, serving tests of pure code)."""
+    code = ("import sys, kingmaker.models; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'mlflow', 'xgboost', 'sklearn'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]"
 
 
 def _frame(rows: int = 200) -> tuple[pd.DataFrame, np.ndarray]:
