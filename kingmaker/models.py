@@ -34,8 +34,8 @@ import numpy.typing as npt
 import pandas as pd
 
 from kingmaker.errors import PermanentError, TemporaryError
+from kingmaker.mlflow_errors import is_permanent
 from kingmaker.roles import Arm
-from kingmaker.tracking import is_not_found
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -92,7 +92,7 @@ def resolve(client: MlflowClient, name: str, ref: str) -> ModelRef:
             mv = client.get_model_version_by_alias(name, ref)
             alias = ref
     except MlflowException as exc:
-        if is_not_found(exc):
+        if is_permanent(exc):
             raise PermanentError(f"model {name}@{ref} does not exist in the registry") from exc
         raise TemporaryError(f"cannot reach the MLflow registry to resolve {name}@{ref}: {exc.message}") from exc
     return ModelRef(name=name, version=str(mv.version), run_id=str(mv.run_id), source=str(mv.source), alias=alias)
@@ -265,7 +265,7 @@ def register(client: MlflowClient, name: str, run_id: str, model_dir: Path | Non
     try:
         registered = client.get_registered_model(name)
     except MlflowException as exc:
-        if not is_not_found(exc):
+        if not is_permanent(exc):
             raise
         registered = client.create_registered_model(name, description=DESCRIPTION)
     if alias is None:

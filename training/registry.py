@@ -22,12 +22,9 @@ from pathlib import Path
 
 import pandas as pd
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
-from mlflow.exceptions import MlflowException
 
-from kingmaker import models, reference
-from kingmaker.errors import TemporaryError
+from kingmaker import mlflow_errors, models, reference
 from kingmaker.settings import MlflowSettings
-from kingmaker.tracking import check_reachable
 from training.candidates import CandidateResult
 from training.data import Dataset
 
@@ -45,15 +42,13 @@ def git_commit() -> str:
 
 class Tracker:
     def __init__(self, settings: MlflowSettings):
-        check_reachable(settings.tracking_uri)
+        mlflow_errors.check_reachable(settings.tracking_uri)
         self.settings = settings
         self.client = settings.client()
-        try:
+        with mlflow_errors.translated(f"opening experiment {settings.experiment!r} at {settings.tracking_uri}"):
             exp = self.client.get_experiment_by_name(settings.experiment)
             self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
                 settings.experiment, artifact_location=settings.artifact_root if settings.is_local_sqlite else None)
-        except MlflowException as exc:
-            raise TemporaryError(f"MLflow at {settings.tracking_uri} failed: {exc.message}") from exc
 
     @contextmanager
     def parent_run(self, ds: Dataset, params: Mapping[str, str], tr: Dataset, te: Dataset) -> Iterator[ParentRun]:

@@ -99,7 +99,7 @@ def test_failures_are_one_line_and_register_nothing(tmp_path: Path) -> None:
     proc = kingmaker("train", "--data", "synthetic", "--rows", "500", "--tracking-uri", "http://127.0.0.1:9",
                      home=tmp_path, check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
-    assert "cannot reach the MLflow tracking server at http://127.0.0.1:9" in proc.stderr
+    assert "MLflow tracking store http://127.0.0.1:9 unreachable" in proc.stderr
     assert not (tmp_path / "mlflow.db").exists()
 
 
