@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.conftest import mlflow_store
+
 FEATURES = ["amount", "f01", "f02", "f03", "f04", "f05"]
 
 
@@ -63,12 +65,8 @@ def register_xgboost(client: Any, experiment_id: str, name: str, alias: str, see
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
     """``fraud-detector`` v1 (@champion) and v2 (@challenger): tiny XGBoost models, 6 features."""
-    from mlflow import MlflowClient
-
     home = tmp_path_factory.mktemp("serving-home")
-    uri = f"sqlite:///{home / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    exp = client.create_experiment("serving-tests", artifact_location=(home / "mlartifacts").as_uri())
+    client, exp, uri = mlflow_store(home, "serving-tests")
     versions = {alias: register_xgboost(client, exp, "fraud-detector", alias, seed)
                 for alias, seed in (("champion", 1), ("challenger", 2))}
     return Registry(home=home, tracking_uri=uri, name="fraud-detector", versions=versions)

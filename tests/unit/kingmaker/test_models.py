@@ -15,6 +15,7 @@ import yaml
 
 from kingmaker import models
 from kingmaker.errors import PermanentError
+from tests.conftest import mlflow_store
 
 FEATURES = ["amount", "f01", "n"]
 
@@ -119,12 +120,7 @@ def test_features_must_match_the_signature(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """One SQLite store for the module (creating one takes seconds); each test registers its own model name."""
-    from mlflow import MlflowClient
-
-    home = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{home / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    experiment = client.create_experiment("models-test", artifact_location=(home / "artifacts").as_uri())
+    client, experiment, _ = mlflow_store(tmp_path_factory.mktemp("mlflow"), "models-test")
     return client, experiment
 
 
