@@ -64,7 +64,7 @@ def error_response(ctx: bentoml.Context | None, exc: InvalidRequest | Refusal,
 
 
 def answers_refusals(endpoint: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-    """Wrap an async ``@bentoml.api`` endpoint (with a ``ctx`` parameter) so that what it raises
+    """Wrap an async ``@bentoml.api`` endpoint that takes a ``bentoml.Context`` so that what it raises
     (`InvalidRequest`, `Refusal`) is answered by `error_response`. Put it under ``@bentoml.api``."""
 
     @functools.wraps(endpoint)
@@ -72,8 +72,9 @@ def answers_refusals(endpoint: Callable[P, Awaitable[R]]) -> Callable[P, Awaitab
         try:
             return await endpoint(*args, **kwargs)
         except (InvalidRequest, Refusal) as exc:
-            ctx = kwargs.get("ctx")
-            response = error_response(ctx if isinstance(ctx, bentoml.Context) else None, exc)
+            # BentoML passes the context as a keyword and then copies its status onto the response
+            ctx = next((v for v in kwargs.values() if isinstance(v, bentoml.Context)), None)
+            response = error_response(ctx, exc)
             return response  # type: ignore[return-value]  # BentoML sends a returned Response as it is
 
     return answered
