@@ -105,18 +105,17 @@ def _train_model(home: Path, data: str, rows: int) -> dict[str, Any]:
         _train_synthetic(home)
         how = ("synthetic, 30 features, XGBoost 300 trees depth 6"
                + (" (real data not installed)" if requested == "auto" else ""))
+    from kingmaker import models
     from kingmaker.settings import MlflowSettings
-    from training import model_io
 
     settings = MlflowSettings.from_env(home=home)
     client = settings.client()
-    champion = model_io.resolve(client, settings.model_name, "champion")
-    mv = client.create_model_version(settings.model_name, source=champion.source, run_id=champion.run_id)
-    client.set_registered_model_alias(settings.model_name, "challenger", mv.version)
-    model = model_io.load(client, champion)
-    booster = getattr(model, "_booster", None)  # FraudModel keeps the XGBoost booster for inplace_predict
-    n_trees = booster.num_boosted_rounds() if booster is not None else None
-    return {"source": how, "data": data, "version": champion.version, "challenger_version": str(mv.version),
+    champion = models.resolve(client, settings.model_name, "champion")
+    challenger_version, _ = models.register(client, settings.model_name, champion.run_id, alias="challenger")
+    model = models.load(client, champion)
+    n_trees = model.booster.num_boosted_rounds() if model.booster is not None else None
+    return {"source": how, "data": data, "version": champion.version, "challenger_version": challenger_version,
+            "run_id": champion.run_id,
             "n_features": len(model.features), "n_trees": n_trees, "features": list(model.features),
             "tracking_uri": settings.tracking_uri, "name": settings.model_name}
 
@@ -126,9 +125,8 @@ def _train_synthetic(home: Path) -> None:
     import pandas as pd
     from xgboost import XGBClassifier
 
+    from kingmaker import models
     from kingmaker.settings import MlflowSettings
-    from training import model_io
-    from training.registry import signature
 
     settings = MlflowSettings.from_env(home=home)
     client = settings.client()
@@ -140,24 +138,26 @@ def _train_synthetic(home: Path) -> None:
     model = XGBClassifier(n_estimators=300, max_depth=6, learning_rate=0.05, n_jobs=2, random_state=0).fit(x, y)
     run = client.create_run(exp)
     with tempfile.TemporaryDirectory() as tmp:
-        path = model_io.save(model, Path(tmp) / "model", flavor="xgboost", signature=signature(x),
-                             input_example=x.head(2), threshold=0.5, features=cols)
-        client.log_artifacts(run.info.run_id, str(path), "model")
+        path = models.save(model, Path(tmp) / "model", flavor="xgboost", signature=models.signature(x),
+                           input_example=x.head(2), threshold=0.5, features=cols)
+        models.register(client, settings.model_name, run.info.run_id, path, alias="champion")
     client.set_terminated(run.info.run_id)
-    client.create_registered_model(settings.model_name)
-    mv = client.create_model_version(settings.model_name, source=f"runs:/{run.info.run_id}/model",
-                                     run_id=run.info.run_id)
-    client.set_registered_model_alias(settings.model_name, "champion", mv.version)
 
 
-def _sample_rows(features: list[str], data: str, n: int) -> Any:
+def _sample_rows(model: dict[str, Any], n: int) -> Any:
+    """``n`` rows of real transactions (the drift reference that training logged with the model, a sample of
+    its training inputs), or standard-normal rows for the synthetic model."""
     import numpy as np
     import pandas as pd
 
-    if data == "creditcard":
-        from training import data as training_data
+    features = model["features"]
+    if model["data"] == "creditcard":
+        from kingmaker import reference
+        from kingmaker.settings import MlflowSettings
 
-        frame = training_data.load_creditcard(rows=max(n, 20_000), seed=3).x
+        client = MlflowSettings(tracking_uri=model["tracking_uri"], artifact_root="").client()
+        with tempfile.TemporaryDirectory() as tmp:
+            frame = reference.load(Path(client.download_artifacts(model["run_id"], reference.ARTIFACT_DIR, tmp))).sample
         frame = frame.sample(n=n, replace=n > len(frame), random_state=3).reset_index(drop=True)
         return frame[features].astype(float)
     rng = np.random.default_rng(5)
@@ -224,11 +224,11 @@ def _batch(scorer_url: str, model: dict[str, Any], frame: Any, requests: int) ->
     import numpy as np
     import pyarrow as pa
 
+    from kingmaker import models
     from kingmaker.settings import MlflowSettings
-    from training import model_io
 
     client = MlflowSettings(tracking_uri=model["tracking_uri"], artifact_root="").client()
-    fraud_model = model_io.load_uri(client, f"models:/{model['name']}/{model['version']}")
+    fraud_model = models.load_uri(client, f"models:/{model['name']}/{model['version']}")
     x = frame[model["features"]].to_numpy()
     n = len(x)
 
@@ -325,7 +325,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"bench serving: working in {work}", flush=True)
     model = _train_model(home, args.data, args.rows)
     print(f"model: {model['source']}; {model['n_trees']} trees, {model['n_features']} features", flush=True)
-    frame = _sample_rows(model["features"], model["data"], max(args.batch_rows, 1))
+    frame = _sample_rows(model, max(args.batch_rows, 1))
     one = {f: float(v) for f, v in frame.iloc[0].items()}
     env = {"KINGMAKER_HOME": str(home), "BENTOML_HOME": str(work / "bentoml"), "MLFLOW_TRACKING_URI": "",
            "KINGMAKER_FEEDBACK_TOKEN": "bench"}

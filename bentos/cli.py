@@ -50,12 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _update_config(path: Path, **changes: object) -> None:
-    from bentos import config
+    from kingmaker import router_config
 
-    current = config.load(path) if path.exists() else config.RouterConfig()
-    merged = config.parse({**current.as_dict(), **changes}, source="kingmaker serve")
-    if merged != current or not path.exists():
-        config.dump(merged, path)
+    router_config.update(path, source="kingmaker serve", **changes)
 
 
 def _feedback_token(home: Path) -> tuple[dict[str, str], str]:
@@ -178,8 +175,8 @@ class Supervisor:
 def run(args: argparse.Namespace) -> int:
     from bentos import procs
     from kingmaker import arms as arms_file
+    from kingmaker import models
     from kingmaker.settings import MlflowSettings, default_home
-    from training import model_io
 
     home = default_home()
     mlflow = MlflowSettings.from_env(model_name=args.model_name)
@@ -189,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     pinned = arms_file.read(arms_path)
     champion_uri = args.champion or (arms_file.model_uri(mlflow.model_name, pinned.champion) if pinned.champion
                                      else f"models:/{mlflow.model_name}@champion")
-    champion_ref = model_io.resolve(client, *model_io.parse_model_uri(champion_uri))
+    champion_ref = models.resolve(client, *models.parse_model_uri(champion_uri))
     challenger_uri: str | None = None
     challenger_version: str | None = None
     if not args.no_challenger:
@@ -201,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
             challenger_uri = f"models:/{mlflow.model_name}@challenger"
         if challenger_uri:
             try:
-                challenger_version = model_io.resolve(client, *model_io.parse_model_uri(challenger_uri)).version
+                challenger_version = models.resolve(client, *models.parse_model_uri(challenger_uri)).version
             except PermanentError:
                 if args.challenger:
                     raise

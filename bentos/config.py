@@ -1,21 +1,8 @@
-"""The Router's traffic configuration: a small YAML file, re-read when it changes (no restart).
+"""The Router's traffic configuration, re-read when its file changes (no restart).
 
-In Kubernetes the file is a mounted ConfigMap (updated by an atomic symlink swap); locally it is
-``$KINGMAKER_HOME/serving/router.yaml``. Example::
-
-    mode: split              # split | shadow
-    challenger_weight: 0.1   # share of routing keys the challenger answers in split mode
-    salt: kingmaker          # change it to draw a fresh, independent split
-    routing_field: customer_id   # request "ids" entry used as the routing key (else the request id)
-    champion_timeout_ms: 1000
-    challenger_timeout_ms: 300   # split mode: bounds the client's wait before the champion answers instead
-    shadow_timeout_ms: 2000      # shadow mode: off the response path, so it may be longer
-    shadow_max_in_flight: 256    # shadow calls beyond this are skipped (counted), never queued
-    champion_url: null           # optional: override KINGMAKER_CHAMPION_URL (kingmaker serve uses these
-    challenger_url: null         #   to re-point an arm to a new process; "" = no challenger)
-
-A file that fails to parse or validate at start-up is an error; on a later reload it is rejected,
-logged and counted, and the last good configuration stays in force.
+The file's format, reader and writer are `kingmaker.router_config`; this module only watches it. A file
+that fails to parse or validate at start-up is an error; on a later reload it is rejected, logged and
+counted, and the last good configuration stays in force.
 """
 
 from __future__ import annotations
@@ -23,103 +10,13 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from kingmaker.errors import PermanentError
-from kingmaker.roles import Mode
+from kingmaker.router_config import RouterConfig, load
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RouterConfig:
-    mode: Mode = Mode.SPLIT
-    challenger_weight: float = 0.1
-    salt: str = "kingmaker"
-    routing_field: str = "customer_id"
-    champion_timeout_ms: float = 1000.0
-    challenger_timeout_ms: float = 300.0
-    shadow_timeout_ms: float = 2000.0
-    shadow_max_in_flight: int = 256
-    champion_url: str | None = None  # None: the Router's environment decides
-    challenger_url: str | None = None  # None: the environment decides; "": no challenger
-
-    def as_dict(self) -> dict[str, Any]:
-        return {f.name: (str(v) if isinstance(v := getattr(self, f.name), Mode) else v) for f in fields(self)}
-
-
-def parse(doc: object, *, source: str = "router config") -> RouterConfig:
-    """Validate a loaded YAML document. Every problem names the key; unknown keys are errors (typos)."""
-    if doc is None:
-        doc = {}
-    if not isinstance(doc, Mapping):
-        raise PermanentError(f"{source}: expected a mapping of settings, got {type(doc).__name__}")
-    known = {f.name for f in fields(RouterConfig)}
-    unknown = sorted(set(doc) - known)
-    if unknown:
-        raise PermanentError(f"{source}: unknown key(s) {', '.join(map(str, unknown))}; known: {', '.join(sorted(known))}")
-    values: dict[str, Any] = {}
-    if "mode" in doc:
-        try:
-            values["mode"] = Mode(str(doc["mode"]))
-        except ValueError:
-            raise PermanentError(f"{source}: mode must be one of {[m.value for m in Mode]}, got {doc['mode']!r}") from None
-    for key in ("challenger_weight", "champion_timeout_ms", "challenger_timeout_ms", "shadow_timeout_ms"):
-        if key in doc:
-            value = doc[key]
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise PermanentError(f"{source}: {key} must be a number, got {value!r}")
-            values[key] = float(value)
-    if "shadow_max_in_flight" in doc:
-        value = doc["shadow_max_in_flight"]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise PermanentError(f"{source}: shadow_max_in_flight must be a non-negative integer, got {value!r}")
-        values["shadow_max_in_flight"] = value
-    for key in ("salt", "routing_field"):
-        if key in doc:
-            if not isinstance(doc[key], str):
-                raise PermanentError(f"{source}: {key} must be a string, got {doc[key]!r}")
-            values[key] = doc[key]
-    for key in ("champion_url", "challenger_url"):
-        if doc.get(key) is not None:
-            url = doc[key]
-            if not isinstance(url, str) or (url and not url.startswith(("http://", "https://"))):
-                raise PermanentError(f"{source}: {key} must be an http(s) URL, got {url!r}")
-            values[key] = url.rstrip("/")
-    cfg = replace(RouterConfig(), **values)
-    if not 0.0 <= cfg.challenger_weight <= 1.0:
-        raise PermanentError(f"{source}: challenger_weight must be in [0, 1], got {cfg.challenger_weight}")
-    for key in ("champion_timeout_ms", "challenger_timeout_ms", "shadow_timeout_ms"):
-        if getattr(cfg, key) <= 0:
-            raise PermanentError(f"{source}: {key} must be positive, got {getattr(cfg, key)}")
-    if cfg.champion_url == "":
-        raise PermanentError(f"{source}: champion_url cannot be empty (there is always a champion)")
-    return cfg
-
-
-def load(path: Path) -> RouterConfig:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise PermanentError(f"cannot read router config {path}: {exc.strerror or exc}") from exc
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise PermanentError(f"router config {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
-    return parse(doc, source=f"router config {path}")
-
-
-def dump(cfg: RouterConfig, path: Path) -> None:
-    """Write ``cfg`` atomically (write a temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(cfg.as_dict(), sort_keys=False))
-    os.replace(tmp, path)
 
 
 class ConfigWatcher:

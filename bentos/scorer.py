@@ -43,10 +43,11 @@ import numpy.typing as npt
 import pyarrow as pa
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from bentos import auth
+from bentos.answers import Refusal, answers_refusals, error_response
 from bentos.lifecycle import Drain, fix_bentoml_request_timers, settle_heap
 from bentos.messages import (
     HEADER_ARM,
@@ -65,8 +66,8 @@ from bentos.messages import (
 )
 from bentos.metrics import SCORER_SPECS, Metrics, observe_many
 from bentos.validation import FeatureSchema, InvalidRequest, Problem, row_vector, rows_matrix, table_matrix
+from kingmaker import models
 from kingmaker.settings import MlflowSettings, ServingSettings
-from training import model_io
 
 log = logging.getLogger(__name__)
 fix_bentoml_request_timers()  # see its docstring: without it p99 latency has 300-500 ms GC spikes
@@ -76,21 +77,17 @@ ARROW_FILE = "application/vnd.apache.arrow.file"
 THREAD_ROWS = 512  # batches at least this large are scored off the event loop
 
 
-def load_model(client: Any, uri: str) -> tuple[model_io.FraudModel, FeatureSchema]:
-    """Resolve ``uri`` once, load the version natively and read its signature."""
-    name, alias_or_version = model_io.parse_model_uri(uri)
-    ref = model_io.resolve(client, name, alias_or_version)
+def load_model(client: Any, uri: str) -> tuple[models.FraudModel, FeatureSchema]:
+    """Resolve ``uri`` once, load the version natively; requests are validated against its signature."""
     with tempfile.TemporaryDirectory(prefix="kingmaker-scorer-") as tmp:
-        model = model_io.load(client, ref, Path(tmp))
-        local = Path(tmp) / ref.source.removeprefix(f"runs:/{ref.run_id}/")
-        schema = FeatureSchema.from_mlmodel(local).ordered_like(model.features)
-    return model, schema
+        model = models.load_uri(client, uri, Path(tmp))
+    return model, FeatureSchema.from_columns(model.signature)
 
 
 class ScoringEngine:
     """Validation, scoring, decisions and metrics for one loaded model; no HTTP here."""
 
-    def __init__(self, model: model_io.FraudModel, schema: FeatureSchema, arm: str, max_batch_rows: int,
+    def __init__(self, model: models.FraudModel, schema: FeatureSchema, arm: str, max_batch_rows: int,
                  metrics: Metrics):
         self.model = model
         self.schema = schema
@@ -161,14 +158,6 @@ def _set_headers(ctx: bentoml.Context, headers: dict[str, str]) -> None:
         ctx.response.headers[k] = v
 
 
-def _error_response(ctx: bentoml.Context | None, status: int, body: dict[str, Any],
-                    headers: dict[str, str]) -> JSONResponse:
-    if ctx is not None:  # BentoML copies the status and headers from the context onto returned responses
-        ctx.response.status_code = status
-        _set_headers(ctx, headers)
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
 async def _arrow_batch(request: Request) -> Response:
     service: Scorer = bentoml.get_current_service()
     return await service.arrow_batch(request)
@@ -218,41 +207,39 @@ class Scorer:
         return content + self.metrics.exposition()
 
     def _one_row(self, endpoint: str, features: Any, request_id: str | None, ctx: bentoml.Context,
-                 started: float) -> tuple[npt.NDArray[np.float64], str] | JSONResponse:
-        """Validate one transaction: (row vector, request id) with the audit headers set on ``ctx``, or
-        the 4xx response to return (counted)."""
+                 started: float) -> tuple[npt.NDArray[np.float64], str]:
+        """Validate one transaction: (row vector, request id), the audit headers set on ``ctx`` (they go
+        with a refusal too). Invalid input is counted and raised."""
         engine = self.engine
         request_id = request_id or _new_id()
-        headers = {**engine.headers, HEADER_REQUEST_ID: request_id}
+        _set_headers(ctx, {**engine.headers, HEADER_REQUEST_ID: request_id})
         try:
             x = row_vector(features, engine.schema)
         except InvalidRequest as exc:
             engine.observe(endpoint, exc.status, time.perf_counter() - started, "invalid_input")
-            return _error_response(ctx, exc.status, exc.body(), headers)
-        _set_headers(ctx, headers)
+            raise
         return x, request_id
 
     # --- endpoints ------------------------------------------------------------------------------
     @bentoml.api(route="/score")
+    @answers_refusals
     async def score(self, request: ScoreRequest, /, ctx: bentoml.Context) -> Scored:
         """Score one transaction."""
         started = time.perf_counter()
         engine = self.engine
-        parsed = self._one_row("score", request.features, request.request_id, ctx, started)
-        if isinstance(parsed, JSONResponse):
-            return parsed  # type: ignore[return-value]
-        x, request_id = parsed
+        x, request_id = self._one_row("score", request.features, request.request_id, ctx, started)
         scores, decisions = engine.score_matrix(x)
         engine.observe("score", 200, time.perf_counter() - started)
         return Scored(request_id=request_id, arm=engine.arm, model_name=engine.name, model_version=engine.version,
                       score=float(scores[0]), decision=bool(decisions[0]), threshold=engine.model.threshold)
 
     @bentoml.api(route="/score_batch")
+    @answers_refusals
     async def score_batch(self, request: BatchRequest, /, ctx: bentoml.Context) -> BatchScored:
         """Score a batch of JSON rows (up to max_batch_rows)."""
         started = time.perf_counter()
         engine = self.engine
-        headers = dict(engine.headers)
+        _set_headers(ctx, engine.headers)
         try:
             if request.request_ids is not None and len(request.request_ids) != len(request.rows):
                 raise InvalidRequest([Problem(("request_ids",), f"has {len(request.request_ids)} ids for "
@@ -261,27 +248,24 @@ class Scorer:
         except InvalidRequest as exc:
             reason = "too_large" if exc.status == 413 else "invalid_input"
             engine.observe("score_batch", exc.status, time.perf_counter() - started, reason)
-            return _error_response(ctx, exc.status, exc.body(), headers)  # type: ignore[return-value]
+            raise
         if len(x) >= THREAD_ROWS:
             scores, decisions = await anyio.to_thread.run_sync(engine.score_matrix, x)
         else:
             scores, decisions = engine.score_matrix(x)
         ids = request.request_ids or [_new_id() for _ in range(len(x))]
-        _set_headers(ctx, headers)
         engine.observe("score_batch", 200, time.perf_counter() - started)
         return BatchScored.model_construct(arm=engine.arm, model_name=engine.name, model_version=engine.version,
                                            threshold=engine.model.threshold, request_ids=ids,
                                            scores=scores.tolist(), decisions=decisions.tolist())
 
     @bentoml.api(route="/explain")
+    @answers_refusals
     async def explain(self, request: ExplainRequest, /, ctx: bentoml.Context) -> Explanation:
         """Score one transaction and return its top_k features by absolute contribution."""
         started = time.perf_counter()
         engine = self.engine
-        parsed = self._one_row("explain", request.features, request.request_id, ctx, started)
-        if isinstance(parsed, JSONResponse):
-            return parsed  # type: ignore[return-value]
-        x, request_id = parsed
+        x, request_id = self._one_row("explain", request.features, request.request_id, ctx, started)
         scores, decisions = engine.score_matrix(x)
         contribs = engine.model.contributions(x)
         top: list[Contribution] | None = None
@@ -309,22 +293,22 @@ class Scorer:
         media = request.headers.get("content-type", "").split(";")[0].strip()
         if media not in (ARROW_STREAM, ARROW_FILE):
             engine.observe("arrow_score_batch", 415, time.perf_counter() - started, "invalid_input")
-            return _error_response(None, 415, {"error": f"Content-Type must be {ARROW_STREAM} or {ARROW_FILE}, "
-                                                        f"got {media or 'none'!r}"}, headers)
+            return error_response(None, Refusal(415, {"error": f"Content-Type must be {ARROW_STREAM} or "
+                                                               f"{ARROW_FILE}, got {media or 'none'!r}"}), headers)
         body = await request.body()
         try:
             reader = pa.ipc.open_stream(body) if media == ARROW_STREAM else pa.ipc.open_file(body)
             table = reader.read_all()
         except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
             engine.observe("arrow_score_batch", 400, time.perf_counter() - started, "invalid_input")
-            return _error_response(None, 400, {"error": f"body is not a valid Arrow {media}: {exc}"}, headers)
+            return error_response(None, Refusal(400, {"error": f"body is not a valid Arrow {media}: {exc}"}), headers)
         ids: list[str] | None = None
         if "request_id" in table.column_names:
             col = table.column("request_id")
             if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)) or col.null_count:
                 engine.observe("arrow_score_batch", 400, time.perf_counter() - started, "invalid_input")
-                return _error_response(None, 400, {"error": "invalid request: request_id must be a string column "
-                                                            "without nulls"}, headers)
+                return error_response(None, Refusal(400, {"error": "invalid request: request_id must be a string "
+                                                                   "column without nulls"}), headers)
             ids = col.to_pylist()
             table = table.drop_columns(["request_id"])
         try:
@@ -332,7 +316,7 @@ class Scorer:
         except InvalidRequest as exc:
             reason = "too_large" if exc.status == 413 else "invalid_input"
             engine.observe("arrow_score_batch", exc.status, time.perf_counter() - started, reason)
-            return _error_response(None, exc.status, exc.body(), headers)
+            return error_response(None, exc, headers)
         if len(x) >= THREAD_ROWS:
             scores, decisions = await anyio.to_thread.run_sync(engine.score_matrix, x)
         else:
@@ -351,4 +335,4 @@ class Scorer:
         return Response(body_out.model_dump_json(), media_type="application/json", headers=headers)
 
 
-Scorer.add_asgi_middleware(auth.GuardMiddleware, slot=_guard)  # type: ignore[attr-defined]  # a bentoml Service
+auth.protect(Scorer, _guard)

@@ -14,7 +14,6 @@ import math
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -77,27 +76,6 @@ class FeatureSchema:
     @classmethod
     def from_columns(cls, columns: Sequence[tuple[str, str]]) -> FeatureSchema:
         return cls(tuple(n for n, _ in columns), tuple(t for _, t in columns))
-
-    @classmethod
-    def from_mlmodel(cls, model_dir: Path) -> FeatureSchema:
-        """The input schema of a local MLflow model folder (the one holding ``MLmodel``)."""
-        from mlflow.models import Model
-
-        schema = Model.load(str(model_dir / "MLmodel")).get_input_schema()
-        if schema is None or not schema.has_input_names():
-            raise ValueError(f"the model in {model_dir} has no named input signature")
-        cols = []
-        for spec in schema.inputs:
-            kind = getattr(spec.type, "name", str(spec.type))
-            cols.append((str(spec.name), str(kind)))
-        return cls.from_columns(cols)
-
-    def ordered_like(self, features: Sequence[str]) -> FeatureSchema:
-        """The same columns in the order of ``features`` (the model's own order); they must match."""
-        if set(features) != set(self.names):
-            raise ValueError(f"model features {sorted(features)} differ from its signature {sorted(self.names)}")
-        types = dict(zip(self.names, self.types, strict=True))
-        return FeatureSchema(tuple(features), tuple(types[f] for f in features))
 
 
 def _type_name(value: object) -> str:

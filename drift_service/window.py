@@ -10,14 +10,13 @@ import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from drift_service.analysis import WINDOW_COLUMNS, Window
 from kingmaker.errors import PermanentError, TemporaryError
-from kingmaker.logs import PARTITION, feature_column, read_predictions
+from kingmaker.logs import PARTITION, feature_column, filesystem, read_predictions
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -71,7 +70,7 @@ def _read(url: str, columns: list[str], *, since: datetime | None, until: dateti
 def _days(url: str) -> list[str]:
     """Date partitions of the log, newest first."""
     try:
-        fs, root = fsspec.core.url_to_fs(url)
+        fs, root = filesystem(url)
         if not fs.exists(root):
             return []
         names = [str(p).rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)]

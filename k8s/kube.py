@@ -304,7 +304,7 @@ class KubeServing:
         return changed
 
     def route(self, mode: Mode, challenger_weight: float) -> bool:
-        from bentos import config as router_config
+        from kingmaker import router_config
 
         name, key = self.names.router_configmap, self.names.router_key
         for attempt in range(CONFLICT_RETRIES):

@@ -13,7 +13,7 @@ Files (all under ``$KINGMAKER_HOME``):
 ``controller/<name>.lock``
     ``flock``-ed by the one controller acting on this resource (the local stand-in for the Lease).
 ``serving/router.yaml``
-    The Router's hot-reloaded traffic file (`bentos.config`): the controller sets ``mode`` and
+    The Router's hot-reloaded traffic file (`kingmaker.router_config`): the controller sets ``mode`` and
     ``challenger_weight`` and keeps every other key as it finds it.
 ``serving/arms.yaml``
     **The contract with local serving** (`kingmaker.arms`): the model version each arm must serve.
@@ -264,7 +264,7 @@ class LocalServing:
         return True
 
     def route(self, mode: Mode, challenger_weight: float) -> bool:
-        from bentos import config as router_config
+        from kingmaker import router_config
 
         current = router_config.load(self.router_path) if self.router_path.exists() else router_config.RouterConfig()
         wanted = replace(current, mode=mode, challenger_weight=challenger_weight)

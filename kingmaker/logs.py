@@ -4,8 +4,9 @@ Both live in a local folder by default or at any fsspec URL (``s3://bucket/prefi
 cluster. Every append writes one new file ``date=YYYY-MM-DD/part-<time>-<uuid>.parquet`` and never
 touches an existing one, so concurrent writers (router replicas) need no coordination.
 
-Prediction log: one row per scored request per arm. Feature values are flat columns named
-``feat_<name>`` so that the drift job reads them column-wise without parsing.
+Prediction log: one row per scored request per arm, built by `prediction_row`. Feature values are
+flat columns named ``feat_<name>`` (`feature_column`; back with `feature_names`) so that the drift job
+reads them column-wise without parsing.
 
 Label log: one row per label arrival; the latest arrival per ``request_id`` wins when read.
 """
@@ -24,6 +25,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+
+from kingmaker.roles import Arm, Mode
 
 FEATURE_PREFIX = "feat_"
 PARTITION = "date"
@@ -54,6 +57,36 @@ LABEL_FIELDS: tuple[pa.Field, ...] = (
 
 def feature_column(name: str) -> str:
     return f"{FEATURE_PREFIX}{name}"
+
+
+def feature_names(columns: Iterable[str]) -> list[str]:
+    """The features whose columns are among ``columns`` (a row's keys or a frame's columns), in order:
+    the inverse of `feature_column`."""
+    return [c[len(FEATURE_PREFIX):] for c in columns if c.startswith(FEATURE_PREFIX)]
+
+
+def prediction_row(*, request_id: str, ts: datetime, routing_key: str, arm: Arm, served: bool, mode: Mode,
+                   model_name: str, model_version: str, score: float, decision: bool, threshold: float,
+                   latency_ms: float, features: Mapping[str, float]) -> dict[str, Any]:
+    """One prediction-log row: the `PREDICTION_FIELDS` and a ``feat_<name>`` column per feature.
+
+    ``served``: this arm's answer went to the client (False for a shadow call). ``latency_ms``: the arm call.
+    Built for every request on the Router's hot path, so it is a plain dict (a few µs for 30 features).
+    """
+    row: dict[str, Any] = {
+        "request_id": request_id, "ts": ts, "routing_key": routing_key, "arm": arm.value, "served": served,
+        "mode": mode.value, "model_name": model_name, "model_version": model_version, "score": score,
+        "decision": decision, "threshold": threshold, "latency_ms": latency_ms}
+    columns = _COLUMNS
+    for name, value in features.items():
+        column = columns.get(name)
+        if column is None:  # a name not seen before: the Router logs the same few (validated) names
+            column = columns[name] = feature_column(name)
+        row[column] = float(value)
+    return row
+
+
+_COLUMNS: dict[str, str] = {}  # feature name -> column, so the hot path does not build the same strings
 
 
 def prediction_schema(features: Sequence[str]) -> pa.Schema:

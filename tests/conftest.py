@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,16 @@ def kingmaker(*args: str, home: Path, env: dict[str, str] | None = None, timeout
     if check and proc.returncode != 0:
         raise AssertionError(f"kingmaker {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
     return proc
+
+
+def mlflow_store(home: Path, experiment: str) -> tuple[Any, str, str]:
+    """A new MLflow store under ``home`` (SQLite, artifacts in ``home/mlartifacts``) with one experiment:
+    (an explicit ``MlflowClient``, the experiment id, the tracking URI)."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return client, client.create_experiment(experiment, artifact_location=(home / "mlartifacts").as_uri()), uri
 
 
 @pytest.fixture(scope="session")

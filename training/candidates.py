@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from sklearn.base import ClassifierMixin
 from sklearn.ensemble import ExtraTreesClassifier
 from sklearn.linear_model import LogisticRegression
@@ -50,6 +51,20 @@ class Candidate:
 
     def build(self, imbalance: float, *, seed: int = 0, n_jobs: int = 2, params: Params | None = None) -> ClassifierMixin:
         return self.factory({**self.defaults, **(params or {})}, imbalance, seed, n_jobs)
+
+
+@dataclass
+class CandidateResult:
+    """One trial of a candidate, cross-validated on the training part; ``test`` is filled once it is refit
+    and scored on the held-out part."""
+
+    name: str
+    params: dict[str, Any]
+    cv: dict[str, float]  # mean and sd per metric
+    threshold: float  # chosen on the out-of-fold scores
+    oof: np.ndarray
+    fit_seconds: float
+    test: dict[str, float] = field(default_factory=dict)
 
 
 CANDIDATES: dict[str, Candidate] = {

@@ -20,11 +20,12 @@ import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
 from tqdm.auto import tqdm
 
-from kingmaker import reference
+from kingmaker import models, reference
 from kingmaker.errors import PermanentError
 from kingmaker.settings import MlflowSettings
 from training import candidates as cand
-from training import metrics, model_io, plots, registry
+from training import metrics, plots, registry
+from training.candidates import CandidateResult
 from training.data import Dataset
 
 log = logging.getLogger(__name__)
@@ -47,17 +48,6 @@ class TrainConfig:
     seed: int = 0
     n_jobs: int = 2
     register: bool = True
-
-
-@dataclass
-class CandidateResult:
-    name: str
-    params: dict[str, Any]
-    cv: dict[str, float]  # mean and sd per metric
-    threshold: float
-    oof: np.ndarray
-    fit_seconds: float
-    test: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -132,7 +122,7 @@ def train(ds: Dataset, cfg: TrainConfig, settings: MlflowSettings) -> TrainResul
              ds.n_positive, len(ds.features), len(tr.frame), len(te.frame), cfg.split)
 
     planned = trials(cfg)
-    with tracker.parent_run(ds, cfg, tr, te) as parent:
+    with tracker.parent_run(ds, config_params(cfg), tr, te) as parent:
         results: list[CandidateResult] = []
         with tqdm(total=len(planned) * cfg.folds, desc="cross-validating", unit="fit") as bar:
             for candidate, params in planned:
@@ -161,11 +151,11 @@ def train(ds: Dataset, cfg: TrainConfig, settings: MlflowSettings) -> TrainResul
             curves[res.name] = (te.y, score)
 
         workdir = Path(tempfile.mkdtemp(prefix="kingmaker-train-"))
-        model_dir = model_io.save(
+        model_dir = models.save(
             fitted[chosen.name], workdir / "model", flavor=cand.CANDIDATES[chosen.name].flavor,
-            signature=registry.signature(tr.x), input_example=tr.x.head(3), threshold=chosen.threshold,
+            signature=models.signature(tr.x), input_example=tr.x.head(3), threshold=chosen.threshold,
             features=list(ds.features), extra={"candidate": chosen.name})
-        saved = model_io.load_local(model_dir, model_io.ModelRef(settings.model_name, "", parent.run_id, ""))
+        saved = models.load_local(model_dir, models.ModelRef(settings.model_name, "", parent.run_id, ""))
         test_score = saved.predict_proba(te.x)
         test_metrics = metrics.report_with_ci(te.y, test_score, chosen.threshold, cfg.costs, amounts_te,
                                               n_boot=cfg.n_bootstrap, seed=cfg.seed)

@@ -1,10 +1,12 @@
 """MLflow logging and registration through an explicit client (no global MLflow state).
 
 One parent run per `kingmaker train`, a nested run per candidate trial. The chosen model is logged
-on the parent run and registered as a new version of the model name; it gets alias ``champion``
-when the model has no champion yet, otherwise ``challenger``. Versions are tagged with their test
-metrics, threshold, candidate and git commit. Registration is all-or-nothing: if tagging or aliasing
+on the parent run and registered (`kingmaker.models.register`) as a new version of the model name; it
+gets alias ``champion`` when the model has no champion yet, otherwise ``challenger``. Versions are tagged
+with their test metrics, threshold, candidate and git commit. Registration is all-or-nothing: if aliasing
 fails, the new version is deleted again.
+
+This module takes plain values and `training.candidates.CandidateResult`s; it does not know the pipeline.
 """
 
 from __future__ import annotations
@@ -14,26 +16,19 @@ import subprocess
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
-from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
-from mlflow.types import ColSpec, Schema
 
-from kingmaker import mlflow_errors, reference
+from kingmaker import mlflow_errors, models, reference
 from kingmaker.settings import MlflowSettings
+from training.candidates import CandidateResult
 from training.data import Dataset
 
-if TYPE_CHECKING:
-    from training.pipeline import CandidateResult, TrainConfig
-
 log = logging.getLogger(__name__)
-CHAMPION, CHALLENGER = "champion", "challenger"
 
 
 def git_commit() -> str:
@@ -43,12 +38,6 @@ def git_commit() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def signature(x: pd.DataFrame) -> ModelSignature:
-    """Every feature is a required double; the output is the fraud probability."""
-    return ModelSignature(inputs=Schema([ColSpec("double", c) for c in x.columns]),
-                          outputs=Schema([ColSpec("double", "fraud_probability")]))
 
 
 class Tracker:
@@ -62,13 +51,12 @@ class Tracker:
                 settings.experiment, artifact_location=settings.artifact_root if settings.is_local_sqlite else None)
 
     @contextmanager
-    def parent_run(self, ds: Dataset, cfg: TrainConfig, tr: Dataset, te: Dataset) -> Iterator[ParentRun]:
-        from training.pipeline import config_params
-
+    def parent_run(self, ds: Dataset, params: Mapping[str, str], tr: Dataset, te: Dataset) -> Iterator[ParentRun]:
+        """One parent run with the training's ``params`` and both data parts as inputs."""
         run = self.client.create_run(self.experiment_id, run_name=f"train-{ds.name}-{time.strftime('%Y%m%d-%H%M%S')}",
                                      tags={"mlflow.source.git.commit": git_commit(), "kingmaker.data": ds.source})
         parent = ParentRun(self, run.info.run_id)
-        self.client.log_batch(parent.run_id, params=[Param(k, v) for k, v in config_params(cfg).items()])
+        self.client.log_batch(parent.run_id, params=[Param(k, v) for k, v in params.items()])
         parent.log_datasets(ds, tr, te)
         try:
             yield parent
@@ -118,7 +106,7 @@ class ParentRun:
                     x_test: pd.DataFrame, chosen: CandidateResult, test_metrics: dict[str, float],
                     candidates: list[CandidateResult]) -> None:
         c = self.client
-        c.log_artifacts(self.run_id, str(model_dir), "model")
+        c.log_artifacts(self.run_id, str(model_dir), models.MODEL_ARTIFACT)
         c.log_artifacts(self.run_id, str(plot_dir), "plots")
         with tempfile.TemporaryDirectory() as tmp:
             c.log_artifacts(self.run_id, str(reference.save(ref, Path(tmp) / "ref")), reference.ARTIFACT_DIR)
@@ -134,24 +122,10 @@ class ParentRun:
 
     def register(self, chosen: CandidateResult, test_metrics: dict[str, float]) -> tuple[str, str]:
         """New version with tags and alias, or nothing at all."""
-        c, name = self.client, self.tracker.settings.model_name
-        try:
-            c.get_registered_model(name)
-        except MlflowException:
-            c.create_registered_model(name, description="Fraud-detection model served champion/challenger by kingmaker")
-        has_champion = CHAMPION in (c.get_registered_model(name).aliases or {})
-        alias = CHALLENGER if has_champion else CHAMPION
-        mv = c.create_model_version(name, source=f"runs:/{self.run_id}/model", run_id=self.run_id,
-                                    tags={"kingmaker.candidate": chosen.name})
-        try:
-            tags: dict[str, Any] = {f"test.{k}": f"{v:.6g}" for k, v in test_metrics.items()}
-            tags.update({"threshold": f"{chosen.threshold:.8g}", "git_commit": git_commit(),
-                         "kingmaker.registered_as": alias})
-            for k, v in tags.items():
-                c.set_model_version_tag(name, mv.version, k, v)
-            c.set_registered_model_alias(name, alias, mv.version)
-        except BaseException:
-            c.delete_model_version(name, mv.version)
-            raise
-        log.info("registered %s version %s as @%s", name, mv.version, alias)
-        return str(mv.version), alias
+        name = self.tracker.settings.model_name
+        tags = {f"test.{k}": f"{v:.6g}" for k, v in test_metrics.items()}
+        tags.update({"kingmaker.candidate": chosen.name, "threshold": f"{chosen.threshold:.8g}",
+                     "git_commit": git_commit()})
+        version, alias = models.register(self.client, name, self.run_id, tags=tags)
+        log.info("registered %s version %s as @%s", name, version, alias)
+        return version, alias

@@ -208,14 +208,14 @@ def test_unreachable_pushgateway_fails_after_logging_the_run(home: Path, tmp_pat
 def test_drift_on_models_trained_by_kingmaker_train(trained_home: Path, pushgateway: str, tmp_path: Path) -> None:
     """The whole chain: `kingmaker train` logs the reference, real models score shifted traffic, and
     `kingmaker drift` finds the two shifted features through the registry aliases."""
-    from training import model_io
+    from kingmaker import models
 
     client = _settings(trained_home).client()
     live = synthetic(rows=3000, seed=11, drift=SHIFTED, start="2026-03-01", days=1.0).frame
     ts = live["timestamp"].dt.tz_convert(None).astype("datetime64[us]")
     log_url = str(tmp_path / "predictions")
     for alias, served in (("champion", True), ("challenger", False)):
-        model = model_io.load_uri(client, f"models:/fraud-detector@{alias}")
+        model = models.load_uri(client, f"models:/fraud-detector@{alias}")
         features = list(model.features)
         rows = pd.DataFrame({"request_id": live["transaction_id"], "ts": ts, "routing_key": live["customer_id"],
                              "arm": alias, "served": served, "mode": "shadow", "model_name": "fraud-detector",

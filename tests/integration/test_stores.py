@@ -146,10 +146,10 @@ LOAD = textwrap.dedent("""
     import json, sys
     import mlflow.pyfunc, pandas as pd
     from kingmaker.settings import MlflowSettings
-    from training import model_io
+    from kingmaker import models
     uri, preds_path = sys.argv[1], sys.argv[2]
     client = MlflowSettings.from_env().client()   # MLFLOW_TRACKING_URI from the environment
-    model = model_io.load_uri(client, uri)
+    model = models.load_uri(client, uri)
     preds = pd.read_parquet(preds_path)
     scores = model.predict_proba(preds[list(model.features)])
     print(json.dumps({"version": model.ref.version, "max_diff": float(abs(scores - preds["score"].to_numpy()).max())}))

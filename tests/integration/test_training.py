@@ -30,10 +30,10 @@ native = (mlflow.xgboost if flavor == "xgboost" else mlflow.sklearn).load_model(
 flavor_scores = native.predict_proba(x)[:, 1]
 # kingmaker's serving loader
 from kingmaker.settings import MlflowSettings
-from training import model_io
+from kingmaker import models
 import os
 client = MlflowSettings.from_env().client()
-model = model_io.load_uri(client, uri)
+model = models.load_uri(client, uri)
 print(json.dumps({"version": model.ref.version, "threshold": model.threshold,
                   "exact": bool(np.array_equal(model.predict_proba(x), preds["score"].to_numpy())),
                   "flavor_max_diff": float(np.max(np.abs(flavor_scores - preds["score"].to_numpy())))}))

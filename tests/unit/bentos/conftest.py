@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.conftest import mlflow_store
+
 FEATURES = ["amount", "f01", "f02", "f03", "f04", "f05"]
 
 
@@ -47,32 +49,24 @@ def register_xgboost(client: Any, experiment_id: str, name: str, alias: str, see
     """Fit a small XGBoost model, save it the way training does, register it and point ``alias`` at it."""
     from xgboost import XGBClassifier
 
-    from training import model_io
-    from training.registry import signature
+    from kingmaker import models
 
     x, y = make_frame(2_000, seed)
     model = XGBClassifier(n_estimators=n_trees, max_depth=3, random_state=seed, n_jobs=1).fit(x, y)
     run = client.create_run(experiment_id)
     with tempfile.TemporaryDirectory() as tmp:
-        path = model_io.save(model, Path(tmp) / "model", flavor="xgboost", signature=signature(x),
-                             input_example=x.head(2), threshold=0.3, features=FEATURES)
-        client.log_artifacts(run.info.run_id, str(path), "model")
+        path = models.save(model, Path(tmp) / "model", flavor="xgboost", signature=models.signature(x),
+                           input_example=x.head(2), threshold=0.3, features=FEATURES)
+        version, _ = models.register(client, name, run.info.run_id, path, alias=alias)
     client.set_terminated(run.info.run_id)
-    mv = client.create_model_version(name, source=f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
-    client.set_registered_model_alias(name, alias, mv.version)
-    return str(mv.version)
+    return version
 
 
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
     """``fraud-detector`` v1 (@champion) and v2 (@challenger): tiny XGBoost models, 6 features."""
-    from mlflow import MlflowClient
-
     home = tmp_path_factory.mktemp("serving-home")
-    uri = f"sqlite:///{home / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    exp = client.create_experiment("serving-tests", artifact_location=(home / "mlartifacts").as_uri())
-    client.create_registered_model("fraud-detector")
+    client, exp, uri = mlflow_store(home, "serving-tests")
     versions = {alias: register_xgboost(client, exp, "fraud-detector", alias, seed)
                 for alias, seed in (("champion", 1), ("challenger", 2))}
     return Registry(home=home, tracking_uri=uri, name="fraud-detector", versions=versions)
@@ -223,12 +217,13 @@ async def router(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, apps: dict[str
     import yaml
     from aiohttp_asgi_connector import ASGIApplicationConnector
 
+    from bentos import arms
     from bentos import router as router_module
 
     def connector(url: str) -> Any:
         return (lambda: ASGIApplicationConnector(apps[url])) if url in apps else None
 
-    monkeypatch.setattr(router_module, "make_connector", connector)
+    monkeypatch.setattr(arms, "make_connector", connector)
     config_path = tmp_path / "router.yaml"
     config_path.write_text(yaml.safe_dump({"salt": "test", **(config or {})}))
     values = {"KINGMAKER_CHAMPION_URL": champion_url, "KINGMAKER_CHALLENGER_URL": challenger_url,

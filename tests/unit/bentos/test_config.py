@@ -1,4 +1,5 @@
-"""The Router's traffic file: validation and hot reload (including ConfigMap-style symlink swaps)."""
+"""The Router's traffic file is hot-reloaded (including ConfigMap-style symlink swaps); its format is
+tested with `kingmaker.router_config`."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from bentos.config import ConfigWatcher, RouterConfig, dump, load, parse
+from bentos.config import ConfigWatcher
 from kingmaker.errors import PermanentError
-from kingmaker.roles import Mode
+from kingmaker.router_config import RouterConfig, dump
 
 
 class Clock:
@@ -18,56 +19,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.t
-
-
-def test_defaults_and_full_document() -> None:
-    assert parse(None) == RouterConfig()
-    cfg = parse({"mode": "shadow", "challenger_weight": 0.25, "salt": "v2", "routing_field": "card_id",
-                 "champion_timeout_ms": 500, "challenger_timeout_ms": 100, "shadow_timeout_ms": 900,
-                 "shadow_max_in_flight": 10})
-    assert cfg.mode is Mode.SHADOW and cfg.challenger_weight == 0.25 and cfg.routing_field == "card_id"
-    assert cfg.shadow_timeout_ms == 900.0
-    assert cfg.as_dict()["mode"] == "shadow"
-
-
-@pytest.mark.parametrize(("doc", "message"), [
-    ({"weight": 0.2}, "unknown key"),
-    ({"mode": "canary"}, "mode must be one of"),
-    ({"challenger_weight": 1.2}, "challenger_weight must be in"),
-    ({"challenger_weight": True}, "challenger_weight must be a number"),
-    ({"challenger_weight": "0.1"}, "challenger_weight must be a number"),
-    ({"champion_timeout_ms": 0}, "champion_timeout_ms must be positive"),
-    ({"salt": 3}, "salt must be a string"),
-    ({"shadow_max_in_flight": -1}, "shadow_max_in_flight"),
-    ({"challenger_url": "ftp://x"}, "challenger_url must be an http"),
-    ({"champion_url": ""}, "champion_url cannot be empty"),
-    ([1, 2], "expected a mapping"),
-])
-def test_invalid_documents_name_the_key(doc: object, message: str) -> None:
-    with pytest.raises(PermanentError, match=message):
-        parse(doc)
-
-
-def test_arm_urls_are_optional_overrides() -> None:
-    assert RouterConfig().champion_url is None and RouterConfig().challenger_url is None
-    cfg = parse({"champion_url": "http://127.0.0.1:4001/", "challenger_url": ""})
-    assert cfg.champion_url == "http://127.0.0.1:4001" and cfg.challenger_url == ""
-    assert parse(cfg.as_dict()) == cfg  # what the controller writes back is still valid
-
-
-def test_load_reports_yaml_errors(tmp_path: Path) -> None:
-    path = tmp_path / "router.yaml"
-    path.write_text("mode: [split\n")
-    with pytest.raises(PermanentError, match="not valid YAML"):
-        load(path)
-    with pytest.raises(PermanentError, match="cannot read"):
-        load(tmp_path / "missing.yaml")
-
-
-def test_dump_and_load_roundtrip(tmp_path: Path) -> None:
-    cfg = RouterConfig(mode=Mode.SHADOW, challenger_weight=0.3)
-    dump(cfg, tmp_path / "sub" / "router.yaml")
-    assert load(tmp_path / "sub" / "router.yaml") == cfg
 
 
 def test_hot_reload_on_change_and_rate_limited(tmp_path: Path) -> None:

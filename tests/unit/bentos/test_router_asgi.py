@@ -103,6 +103,20 @@ async def test_champion_down_is_a_503_with_retry_after(
         assert batch.status_code == 503
 
 
+async def test_a_champion_refusal_is_passed_to_the_client(
+        scorer_env: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The champion's own 4xx (it considers the input invalid) reaches the client as it is, for both endpoints."""
+    apps = {"http://champion": stub_arm("champion", "1", status=422), "http://challenger": stub_arm("challenger", "2")}
+    async with router(monkeypatch, tmp_path, apps, {"challenger_weight": 0.0}) as h:
+        r = await h.client.post("/predict", json={"features": row(1), "request_id": "no-1"})
+        assert r.status_code == 422 and r.json() == {"error": "injected"} and r.headers["x-request-id"] == "no-1"
+        batch = await h.client.post("/predict_batch", json={"rows": [{"features": row(1)}, {"features": row(2)}]})
+        assert batch.status_code == 422 and batch.json() == {"error": "injected"}
+        metrics = (await h.client.get("/metrics")).text
+    assert 'kingmaker_router_upstream_requests_total{arm="champion",model_version="1",outcome="rejected"} 2.0' in metrics
+    assert predictions(h.predictions_url).empty
+
+
 async def test_not_ready_until_the_champion_answers(
         scorer_env: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{free_port()}"

@@ -19,10 +19,10 @@ def reference_scores(registry: Registry, x: np.ndarray, alias: str = "champion")
     """What the registered model says in-process, for comparison with the service."""
     from mlflow import MlflowClient
 
-    from training import model_io
+    from kingmaker import models
 
     client = MlflowClient(tracking_uri=registry.tracking_uri, registry_uri=registry.tracking_uri)
-    return model_io.load_uri(client, f"models:/fraud-detector@{alias}").predict_proba(x)
+    return models.load_uri(client, f"models:/fraud-detector@{alias}").predict_proba(x)
 
 
 def arrow_body(table: pa.Table) -> bytes:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -125,17 +124,3 @@ def test_arrow_problems(table: pa.Table, loc: tuple[object, ...], kind: str) -> 
         table_matrix(table, SCHEMA, max_rows=10)
     assert [(p.loc, p.type) for p in err.value.problems] == [(loc, kind)]
 
-
-def test_schema_from_an_mlflow_model(tmp_path: Path) -> None:
-    from mlflow.models import Model, ModelSignature
-    from mlflow.types import ColSpec, Schema
-
-    inputs = Schema([ColSpec("double", "amount"), ColSpec("double", "f01"), ColSpec("long", "n")])
-    model = Model(signature=ModelSignature(inputs=inputs))
-    model.save(str(tmp_path / "MLmodel"))
-    schema = FeatureSchema.from_mlmodel(tmp_path)
-    assert schema.names == ("amount", "f01", "n")
-    assert schema.types == ("double", "double", "long")
-    assert schema.ordered_like(["n", "amount", "f01"]).names == ("n", "amount", "f01")
-    with pytest.raises(ValueError, match="differ"):
-        schema.ordered_like(["amount", "f01"])

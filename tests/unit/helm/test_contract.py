@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from bentos import config as router_config
-from kingmaker import cli
+from kingmaker import cli, router_config
 
 from .conftest import CHART, SCENARIOS, Doc, one, pod_specs, render
 

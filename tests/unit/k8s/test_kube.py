@@ -11,7 +11,6 @@ import pytest
 import urllib3
 import yaml
 
-from bentos import config as router_config
 from k8s.act import ControllerMetrics, Ports
 from k8s.controller import Controller
 from k8s.kube import (
@@ -28,6 +27,7 @@ from k8s.kube import (
 from k8s.resource import Phase
 from k8s.sources.registry import MlflowRegistry
 from k8s.state import Arms, Status
+from kingmaker import router_config
 from kingmaker.errors import PermanentError, TemporaryError
 from kingmaker.roles import Mode
 

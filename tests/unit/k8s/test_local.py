@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 import yaml
 
-from bentos import config as router_config
 from k8s.act import ControllerMetrics, Ports
 from k8s.controller import Controller
 from k8s.decide import Reason
@@ -21,6 +20,7 @@ from k8s.local import LocalLock, LocalServing, LocalStore, PolicyFile
 from k8s.resource import Phase
 from k8s.sources.registry import MlflowRegistry
 from k8s.state import Arms, Status
+from kingmaker import router_config
 from kingmaker.catalog import CATALOG
 from kingmaker.errors import PermanentError, TemporaryError
 from kingmaker.roles import Mode

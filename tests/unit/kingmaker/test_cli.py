@@ -1,8 +1,6 @@
 import pytest
 
 from kingmaker import cli
-from kingmaker.errors import PermanentError
-from training import model_io
 
 
 def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -19,17 +17,3 @@ def test_user_errors_are_one_line_and_exit_2(capsys: pytest.CaptureFixture[str],
     err = capsys.readouterr().err
     assert err == f"kingmaker train: error: data file {tmp_path / 'missing.csv'} does not exist\n"
 
-
-@pytest.mark.parametrize(("uri", "expected"), [
-    ("models:/fraud-detector@champion", ("fraud-detector", "champion")),
-    ("models:/fraud-detector/12", ("fraud-detector", "12")),
-])
-def test_model_uris(uri: str, expected: tuple[str, str]) -> None:
-    assert model_io.parse_model_uri(uri) == expected
-
-
-@pytest.mark.parametrize("uri", ["runs:/abc/model", "models:/fraud-detector/latest", "models:/fraud-detector",
-                                 "models:/@champion"])
-def test_bad_model_uris_are_refused(uri: str) -> None:
-    with pytest.raises(PermanentError):
-        model_io.parse_model_uri(uri)

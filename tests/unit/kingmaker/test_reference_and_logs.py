@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from kingmaker import logs, reference
+from kingmaker.roles import Arm, Mode
 
 
 def test_quantile_edges_by_hand() -> None:
@@ -51,6 +52,22 @@ def test_prediction_log_appends_by_date_and_reads_windows(tmp_path: Path) -> Non
     window = logs.read_predictions(url, since=start + timedelta(hours=2), until=start + timedelta(hours=5))
     assert sorted(window["request_id"]) == ["r2", "r3", "r4"]
     assert logs.read_predictions(str(tmp_path / "nothing")).empty
+
+
+def test_prediction_row_has_the_schema_columns_and_its_features_come_back(tmp_path: Path) -> None:
+    ts = datetime(2026, 11, 25, 20, tzinfo=UTC)
+    row = logs.prediction_row(request_id="r1", ts=ts, routing_key="c1", arm=Arm.CHALLENGER, served=False,
+                              mode=Mode.SHADOW, model_name="fraud-detector", model_version="3", score=0.25,
+                              decision=False, threshold=0.5, latency_ms=1.5, features={"amount": 12, "V1": -0.5})
+    assert list(row)[:len(logs.PREDICTION_FIELDS)] == [f.name for f in logs.PREDICTION_FIELDS]
+    assert (row["arm"], row["mode"], row["feat_amount"], row["feat_V1"]) == ("challenger", "shadow", 12.0, -0.5)
+    assert type(row["feat_amount"]) is float
+    assert logs.feature_names(row) == ["amount", "V1"]
+    url = str(tmp_path / "predictions")
+    assert logs.append_predictions(url, [row], logs.feature_names(row)) == 1
+    frame = logs.read_predictions(url)
+    assert logs.feature_names(frame.columns) == ["amount", "V1"]
+    assert frame.iloc[0].to_dict() == {**row, "ts": pd.Timestamp(ts)}
 
 
 def test_prediction_log_rejects_rows_missing_required_columns(tmp_path: Path) -> None:

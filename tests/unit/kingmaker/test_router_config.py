@@ -1,0 +1,76 @@
+"""The Router's traffic file format: validation, reading and writing (`kingmaker.router_config`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kingmaker.errors import PermanentError
+from kingmaker.roles import Mode
+from kingmaker.router_config import RouterConfig, dump, load, parse, update
+
+
+def test_defaults_and_full_document() -> None:
+    assert parse(None) == RouterConfig()
+    cfg = parse({"mode": "shadow", "challenger_weight": 0.25, "salt": "v2", "routing_field": "card_id",
+                 "champion_timeout_ms": 500, "challenger_timeout_ms": 100, "shadow_timeout_ms": 900,
+                 "shadow_max_in_flight": 10})
+    assert cfg.mode is Mode.SHADOW and cfg.challenger_weight == 0.25 and cfg.routing_field == "card_id"
+    assert cfg.shadow_timeout_ms == 900.0
+    assert cfg.as_dict()["mode"] == "shadow"
+
+
+@pytest.mark.parametrize(("doc", "message"), [
+    ({"weight": 0.2}, "unknown key"),
+    ({"mode": "canary"}, "mode must be one of"),
+    ({"challenger_weight": 1.2}, "challenger_weight must be in"),
+    ({"challenger_weight": True}, "challenger_weight must be a number"),
+    ({"challenger_weight": "0.1"}, "challenger_weight must be a number"),
+    ({"champion_timeout_ms": 0}, "champion_timeout_ms must be positive"),
+    ({"salt": 3}, "salt must be a string"),
+    ({"shadow_max_in_flight": -1}, "shadow_max_in_flight"),
+    ({"challenger_url": "ftp://x"}, "challenger_url must be an http"),
+    ({"champion_url": ""}, "champion_url cannot be empty"),
+    ([1, 2], "expected a mapping"),
+])
+def test_invalid_documents_name_the_key(doc: object, message: str) -> None:
+    with pytest.raises(PermanentError, match=message):
+        parse(doc)
+
+
+def test_arm_urls_are_optional_overrides() -> None:
+    assert RouterConfig().champion_url is None and RouterConfig().challenger_url is None
+    cfg = parse({"champion_url": "http://127.0.0.1:4001/", "challenger_url": ""})
+    assert cfg.champion_url == "http://127.0.0.1:4001" and cfg.challenger_url == ""
+    assert parse(cfg.as_dict()) == cfg  # what the controller writes back is still valid
+
+
+def test_load_reports_yaml_errors(tmp_path: Path) -> None:
+    path = tmp_path / "router.yaml"
+    path.write_text("mode: [split\n")
+    with pytest.raises(PermanentError, match="not valid YAML"):
+        load(path)
+    with pytest.raises(PermanentError, match="cannot read"):
+        load(tmp_path / "missing.yaml")
+
+
+def test_dump_and_load_roundtrip(tmp_path: Path) -> None:
+    cfg = RouterConfig(mode=Mode.SHADOW, challenger_weight=0.3)
+    dump(cfg, tmp_path / "sub" / "router.yaml")
+    assert load(tmp_path / "sub" / "router.yaml") == cfg
+
+
+def test_update_keeps_other_keys_and_writes_only_on_change(tmp_path: Path) -> None:
+    path = tmp_path / "router.yaml"
+    assert update(path, source="test", challenger_weight=0.3)  # created with defaults + the change
+    assert load(path) == RouterConfig(challenger_weight=0.3)
+    dump(RouterConfig(salt="s2", challenger_weight=0.3), path)
+    before = path.stat().st_mtime_ns
+    assert not update(path, source="test", challenger_weight=0.3)
+    assert path.stat().st_mtime_ns == before
+    assert update(path, source="test", mode="shadow")
+    assert load(path) == RouterConfig(mode=Mode.SHADOW, salt="s2", challenger_weight=0.3)
+    with pytest.raises(PermanentError, match="test: challenger_weight must be in"):
+        update(path, source="test", challenger_weight=2.0)
+    assert load(path).challenger_weight == 0.3  # a refused change leaves the file alone
