@@ -35,6 +35,13 @@ def _positive(text: str) -> float:
     return value
 
 
+def _lease_seconds(text: str) -> int:
+    value = int(text)
+    if value < 3:
+        raise argparse.ArgumentTypeError(f"must be a whole number of seconds >= 3, got {text}")
+    return value
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = environment_help(MlflowSettings, LogSettings, (DriftSettings, "output_dir"), ControllerSettings)
     what = p.add_mutually_exclusive_group()
@@ -70,10 +77,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     kube.add_argument("--namespace", help="namespace of the resources (default: the pod's / kubeconfig's)")
     kube.add_argument("--lease-name", default="kingmaker-controller", help="Lease used for leader election")
     kube.add_argument("--identity", help="leader-election identity (default <hostname>_<pid>)")
-    kube.add_argument("--champion-deployment", default="{name}-champion", help="champion arm Deployment")
-    kube.add_argument("--challenger-deployment", default="{name}-challenger", help="challenger arm Deployment")
-    kube.add_argument("--container", default="scorer", help="Scorer container name in the arm Deployments")
-    kube.add_argument("--router-configmap", default="{name}-router", help="ConfigMap holding router.yaml")
+    kube.add_argument("--lease-duration", type=_lease_seconds, default=30,
+                      help="seconds a leader's Lease stays valid unrenewed; it renews every sixth of that and "
+                           "stops acting after two thirds")
+    kube.add_argument("--container", default="scorer", help="Scorer container name in the arm Deployments, which "
+                      "are found by their labels kingmaker.io/championchallenger=<name> and kingmaker.io/arm (every "
+                      "colour's)")
+    kube.add_argument("--router-configmap", default="{name}-router",
+                      help="ConfigMap holding router.yaml ({name}: the ChampionChallenger's name)")
 
 
 # --- wiring -------------------------------------------------------------------------------------
@@ -318,8 +329,10 @@ def _kubernetes(args: argparse.Namespace) -> int:
     from k8s.controller import Controller, operate
     from k8s.kube import Kube, KubeResource, KubeServing, ServingNames
     from k8s.lease import LeaseElector, default_identity
+    from k8s.resource import PLURAL
     from k8s.sources.registry import MlflowRegistry
     from k8s.state import parse_spec
+    from k8s.watch import ResourceWatch
     from kingmaker.settings import default_home
 
     kube = Kube.connect(args.namespace)
@@ -327,8 +340,9 @@ def _kubernetes(args: argparse.Namespace) -> int:
     metrics = ControllerMetrics()
     sources = _sources(args, default_home())
     identity = args.identity or default_identity()
-    elector = LeaseElector(kube, args.lease_name, identity)
-    names = ServingNames(args.champion_deployment, args.challenger_deployment, args.container, args.router_configmap)
+    elector = LeaseElector(kube, args.lease_name, identity, lease_seconds=args.lease_duration,
+                           renew_deadline=args.lease_duration * 2 / 3, retry_period=args.lease_duration / 6)
+    names = ServingNames(container=args.container, router_configmap=args.router_configmap)
 
     def controller_for(doc: Mapping[str, Any]) -> Controller:
         name = str(doc["metadata"]["name"])
@@ -362,17 +376,24 @@ def _kubernetes(args: argparse.Namespace) -> int:
             elector.release()
 
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    feed = ResourceWatch(kube)
+
+    def shutdown(*_: Any) -> None:
+        stop.set()
+        feed.wake()
+
+    signal.signal(signal.SIGTERM, shutdown)
     _start_metrics(8080 if args.metrics_port is None else args.metrics_port, metrics)
     renewer = threading.Thread(target=elector.run, args=(stop,), name="lease", daemon=True)
     renewer.start()
-    print(f"kingmaker promote: controller {identity} in namespace {kube.namespace} (Lease {args.lease_name})",
-          flush=True)
+    threading.Thread(target=feed.run, args=(stop,), name="watch", daemon=True).start()
+    print(f"kingmaker promote: controller {identity} in namespace {kube.namespace} (Lease {args.lease_name}), "
+          f"watching {PLURAL}", flush=True)
     try:
-        operate(kube.list, controller_for, elector, stop,
+        operate(feed, controller_for, elector, stop,
                 tick=min(10.0, args.interval) if args.interval else 10.0, metrics=metrics)
     finally:
-        stop.set()
+        shutdown()
         renewer.join(timeout=elector.retry_period + kube.timeout)
     return 0
 
