@@ -4,7 +4,8 @@
     kingmaker promote --approve              approve the current challenger (approval: manual) and promote it
     kingmaker promote --once                 one reconcile (observe -> decide -> act), then exit
     kingmaker promote                        reconcile every evaluation interval, in the foreground
-    kingmaker promote --kubernetes           the same against the cluster's ChampionChallengers (Lease-elected)
+    kingmaker promote --kubernetes           the same for the cluster's ChampionChallengers (Lease-elected; it
+                                             watches them and acts on a spec change at once)
 
 The policy comes from ``--policy FILE`` (a ``ChampionChallenger`` YAML, e.g. ``k8s/examples/...``; the loop
 re-reads it when it changes, and an invalid edit keeps the last good policy) or the CRD defaults. Heavy
@@ -54,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "policy, re-read when it changes (default: the CRD defaults for the configured model)")
     p.add_argument("--name", help="resource name (default: metadata.name of --policy, else the model name)")
     p.add_argument("--interval", type=_positive, help="seconds between reconciles (default: the policy's "
-                   "evaluationIntervalSeconds)")
+                   "evaluationIntervalSeconds); with --kubernetes, between retries of a swap under way (at most 10)")
     p.add_argument("--mode", choices=["split", "shadow"], help="traffic mode without --policy (default split)")
     p.add_argument("--challenger-weight", type=float, help="challenger share without --policy (default 0.1)")
     src = p.add_argument_group("observation sources")
@@ -362,7 +363,7 @@ def _kubernetes(args: argparse.Namespace) -> int:
         if version is None:
             return 1
         kube.approve(name, version, spec.resource_version)
-        print(f"approved challenger v{version} on {name}; the leading controller promotes it at its next tick")
+        print(f"approved challenger v{version} on {name}; the leading controller, which watches it, promotes it now")
         return 0
 
     if args.once:

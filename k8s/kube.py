@@ -174,9 +174,13 @@ class Kube:
         from kubernetes import client
 
         meta = regarding.get("metadata") or {}
+        now = datetime.now(UTC)
+        # Named as client-go's recorder names Events: <object>.<nanoseconds, hex> (a generateName ending in "."
+        # is refused by the API server)
+        name = f"{meta.get('name', 'kingmaker')}.{int(now.timestamp() * 1e9):x}"
         body = client.EventsV1Event(
-            metadata=client.V1ObjectMeta(generate_name=f"{meta.get('name', 'kingmaker')}.", namespace=self.namespace),
-            event_time=datetime.now(UTC), type=type_, reason=reason[:128], action=action[:128],
+            metadata=client.V1ObjectMeta(name=name, namespace=self.namespace),
+            event_time=now, type=type_, reason=reason[:128], action=action[:128],
             note=note.encode()[:1000].decode(errors="ignore"),
             reporting_controller=REPORTING_CONTROLLER, reporting_instance=instance[:128],
             regarding=client.V1ObjectReference(api_version=f"{GROUP}/{VERSION}", kind=KIND, name=meta.get("name"),

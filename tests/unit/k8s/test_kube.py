@@ -4,6 +4,7 @@ against a recording fake API server (fake_kube.py). Also a whole promotion in Ku
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -209,7 +210,9 @@ def test_events_reference_the_resource(server: FakeApiServer, kube: Kube) -> Non
     assert (body["type"], body["reason"], body["action"]) == ("Normal", "Promoted", "Promote")
     assert body["reportingController"] == "kingmaker.io/promotion-controller"
     assert body["reportingInstance"] == "controller-0_1" and len(body["note"]) <= 1000
-    assert body["metadata"]["generateName"] == f"{NAME}." and "eventTime" in body
+    name = body["metadata"]["name"]  # <object>.<hex nanoseconds>, as client-go names Events: a valid name
+    assert re.fullmatch(rf"{NAME}\.[0-9a-f]{{16}}", name) and "generateName" not in body["metadata"]
+    assert "eventTime" in body
 
 
 def test_event_failures_are_logged_not_raised(server: FakeApiServer, kube: Kube) -> None:
