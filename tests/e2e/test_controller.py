@@ -75,14 +75,6 @@ class Evidence:
     prometheus: str
     pushgateway: str
 
-    @property
-    def predictions(self) -> str:
-        return str(self.root / "logs" / "predictions")
-
-    @property
-    def labels(self) -> str:
-        return str(self.root / "logs" / "labels")
-
     def home(self, folder: Path) -> Path:
         """A KINGMAKER_HOME of its own (the registry copied: promotions move its aliases)."""
         folder.mkdir(parents=True)
@@ -155,7 +147,8 @@ def _values(evidence: Evidence, approval: str) -> dict[str, Any]:
             "traffic": {"mode": "shadow", "challengerWeight": 0.1, "routingKey": "customer_id"},
             "policy": {"labelDelaySeconds": 3600, "minLabelledPerArm": 1000, "minPositivesPerArm": 15,
                        "evaluationIntervalSeconds": 3600, "approval": approval}},
-        "objectStore": {"predictionsUrl": evidence.predictions, "labelsUrl": evidence.labels},
+        "objectStore": {"predictionsUrl": str(evidence.root / "logs" / "predictions"),
+                        "labelsUrl": str(evidence.root / "logs" / "labels")},
         "prometheus": {"url": evidence.prometheus},
         "pushgateway": {"url": evidence.pushgateway},
     }

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -58,13 +57,6 @@ def server() -> FakeApiServer:
     s.put("deployment", deployment("champion", "7", cc="other-model"))  # another resource's arm: not ours
     s.put("configmap", router_configmap(f"{NAME}-router", "mode: shadow\nchallenger_weight: 0.1\nsalt: pepper\n"))
     return s
-
-
-@pytest.fixture
-def kube(server: FakeApiServer) -> Iterator[Kube]:
-    k = Kube(server.api_client(), NS, timeout=3.0)
-    yield k
-    k.api_client.close()
 
 
 def test_status_goes_to_the_status_subresource_as_a_merge_patch(server: FakeApiServer, kube: Kube) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -38,13 +37,6 @@ def server() -> FakeApiServer:
     s = FakeApiServer()
     s.put("cc", cc("a", "1"))
     return s
-
-
-@pytest.fixture
-def kube(server: FakeApiServer) -> Iterator[Kube]:
-    k = Kube(server.api_client(), NS, timeout=3.0)
-    yield k
-    k.api_client.close()
 
 
 def run_until_scripts_are_used(server: FakeApiServer, watch: ResourceWatch) -> None:
