@@ -345,7 +345,6 @@ def test_two_replicas_one_acts_watches_its_resource_retries_a_conflict_and_hands
     with cluster.api_client() as api:
         custom = client.CustomObjectsApi(api)
         leader = ControllerProcess(cluster, namespace, home, "controller-a_1", extra=quick)
-        other: ControllerProcess | None = None
         with controllers(leader):
             cluster.wait_for("the first replica holds the Lease",
                              lambda: lease_holder(api, namespace) == leader.identity, timeout=60)
