@@ -4,7 +4,8 @@
     kingmaker promote --approve              approve the current challenger (approval: manual) and promote it
     kingmaker promote --once                 one reconcile (observe -> decide -> act), then exit
     kingmaker promote                        reconcile every evaluation interval, in the foreground
-    kingmaker promote --kubernetes           the same against the cluster's ChampionChallengers (Lease-elected)
+    kingmaker promote --kubernetes           the same for the cluster's ChampionChallengers (Lease-elected; it
+                                             watches them and acts on a spec change at once)
 
 The policy comes from ``--policy FILE`` (a ``ChampionChallenger`` YAML, e.g. ``k8s/examples/...``; the loop
 re-reads it when it changes, and an invalid edit keeps the last good policy) or the CRD defaults. Heavy
@@ -35,6 +36,13 @@ def _positive(text: str) -> float:
     return value
 
 
+def _lease_seconds(text: str) -> int:
+    value = int(text)
+    if value < 3:
+        raise argparse.ArgumentTypeError(f"must be a whole number of seconds >= 3, got {text}")
+    return value
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = environment_help(MlflowSettings, LogSettings, (DriftSettings, "output_dir"), ControllerSettings)
     what = p.add_mutually_exclusive_group()
@@ -47,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "policy, re-read when it changes (default: the CRD defaults for the configured model)")
     p.add_argument("--name", help="resource name (default: metadata.name of --policy, else the model name)")
     p.add_argument("--interval", type=_positive, help="seconds between reconciles (default: the policy's "
-                   "evaluationIntervalSeconds)")
+                   "evaluationIntervalSeconds); with --kubernetes, between retries of a swap under way (at most 10)")
     p.add_argument("--mode", choices=["split", "shadow"], help="traffic mode without --policy (default split)")
     p.add_argument("--challenger-weight", type=float, help="challenger share without --policy (default 0.1)")
     src = p.add_argument_group("observation sources")
@@ -70,10 +78,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     kube.add_argument("--namespace", help="namespace of the resources (default: the pod's / kubeconfig's)")
     kube.add_argument("--lease-name", default="kingmaker-controller", help="Lease used for leader election")
     kube.add_argument("--identity", help="leader-election identity (default <hostname>_<pid>)")
-    kube.add_argument("--champion-deployment", default="{name}-champion", help="champion arm Deployment")
-    kube.add_argument("--challenger-deployment", default="{name}-challenger", help="challenger arm Deployment")
-    kube.add_argument("--container", default="scorer", help="Scorer container name in the arm Deployments")
-    kube.add_argument("--router-configmap", default="{name}-router", help="ConfigMap holding router.yaml")
+    kube.add_argument("--lease-duration", type=_lease_seconds, default=30,
+                      help="seconds a leader's Lease stays valid unrenewed; it renews every sixth of that and "
+                           "stops acting after two thirds")
+    kube.add_argument("--container", default="scorer", help="Scorer container name in the arm Deployments, which "
+                      "are found by their labels kingmaker.io/championchallenger=<name> and kingmaker.io/arm (every "
+                      "colour's)")
+    kube.add_argument("--router-configmap", default="{name}-router",
+                      help="ConfigMap holding router.yaml ({name}: the ChampionChallenger's name)")
 
 
 # --- wiring -------------------------------------------------------------------------------------
@@ -318,8 +330,10 @@ def _kubernetes(args: argparse.Namespace) -> int:
     from k8s.controller import Controller, operate
     from k8s.kube import Kube, KubeResource, KubeServing, ServingNames
     from k8s.lease import LeaseElector, default_identity
+    from k8s.resource import PLURAL
     from k8s.sources.registry import MlflowRegistry
     from k8s.state import parse_spec
+    from k8s.watch import ResourceWatch
     from kingmaker.settings import default_home
 
     kube = Kube.connect(args.namespace)
@@ -327,8 +341,9 @@ def _kubernetes(args: argparse.Namespace) -> int:
     metrics = ControllerMetrics()
     sources = _sources(args, default_home())
     identity = args.identity or default_identity()
-    elector = LeaseElector(kube, args.lease_name, identity)
-    names = ServingNames(args.champion_deployment, args.challenger_deployment, args.container, args.router_configmap)
+    elector = LeaseElector(kube, args.lease_name, identity, lease_seconds=args.lease_duration,
+                           renew_deadline=args.lease_duration * 2 / 3, retry_period=args.lease_duration / 6)
+    names = ServingNames(container=args.container, router_configmap=args.router_configmap)
 
     def controller_for(doc: Mapping[str, Any]) -> Controller:
         name = str(doc["metadata"]["name"])
@@ -348,7 +363,7 @@ def _kubernetes(args: argparse.Namespace) -> int:
         if version is None:
             return 1
         kube.approve(name, version, spec.resource_version)
-        print(f"approved challenger v{version} on {name}; the leading controller promotes it at its next tick")
+        print(f"approved challenger v{version} on {name}; the leading controller, which watches it, promotes it now")
         return 0
 
     if args.once:
@@ -362,17 +377,24 @@ def _kubernetes(args: argparse.Namespace) -> int:
             elector.release()
 
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    feed = ResourceWatch(kube)
+
+    def shutdown(*_: Any) -> None:
+        stop.set()
+        feed.wake()
+
+    signal.signal(signal.SIGTERM, shutdown)
     _start_metrics(8080 if args.metrics_port is None else args.metrics_port, metrics)
     renewer = threading.Thread(target=elector.run, args=(stop,), name="lease", daemon=True)
     renewer.start()
-    print(f"kingmaker promote: controller {identity} in namespace {kube.namespace} (Lease {args.lease_name})",
-          flush=True)
+    threading.Thread(target=feed.run, args=(stop,), name="watch", daemon=True).start()
+    print(f"kingmaker promote: controller {identity} in namespace {kube.namespace} (Lease {args.lease_name}), "
+          f"watching {PLURAL}", flush=True)
     try:
-        operate(kube.list, controller_for, elector, stop,
+        operate(feed, controller_for, elector, stop,
                 tick=min(10.0, args.interval) if args.interval else 10.0, metrics=metrics)
     finally:
-        stop.set()
+        shutdown()
         renewer.join(timeout=elector.retry_period + kube.timeout)
     return 0
 

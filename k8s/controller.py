@@ -147,12 +147,25 @@ def loop(controller: Controller, interval: Callable[[], float], stop: threading.
 @dataclass
 class _Tracked:
     next_due: float = 0.0
+    last_run: float = float("-inf")
     generation: int | None = None
 
 
 class Elector(Protocol):
     @property
     def leading(self) -> bool: ...
+
+
+class ResourceFeed(Protocol):
+    """The namespace's resources as a cache that says when it changed (`k8s.watch.ResourceWatch`)."""
+
+    def resources(self) -> Iterable[Mapping[str, Any]]:
+        """The resources as last seen; no API call."""
+        ...
+
+    def wait(self, timeout: float) -> bool:
+        """Block until the resources changed or ``timeout`` seconds passed. True if a change woke it."""
+        ...
 
 
 def _interval(doc: Mapping[str, Any], default: float) -> float:
@@ -164,38 +177,43 @@ def _interval(doc: Mapping[str, Any], default: float) -> float:
         return default
 
 
-def operate(list_resources: Callable[[], Iterable[Mapping[str, Any]]],
-            controller_for: Callable[[Mapping[str, Any]], Controller], elector: Elector, stop: threading.Event,
-            *, tick: float = 10.0, default_interval: float = 300.0, clock: Callable[[], float] = time.monotonic,
-            metrics: ControllerMetrics | None = None) -> None:
-    """While leading, reconcile each resource when due, when its spec changed (``metadata.generation``,
-    e.g. an approval) or while a swap is under way. Polls every ``tick`` seconds; reports leadership and
-    drops the series of resources that are gone to ``metrics``."""
+def operate(feed: ResourceFeed, controller_for: Callable[[Mapping[str, Any]], Controller], elector: Elector,
+            stop: threading.Event, *, tick: float = 10.0, default_interval: float = 300.0,
+            clock: Callable[[], float] = time.monotonic, metrics: ControllerMetrics | None = None) -> None:
+    """While leading, reconcile each resource of ``feed``: at once when it is new or its spec changed
+    (``metadata.generation``: an approval, a traffic or policy edit), every evaluation interval, and every
+    ``tick`` seconds while a swap is under way (``Promoting``/``RollingBack``).
+
+    Between rounds it sleeps until the feed reports a change, the next resource is due, or ``tick`` passes
+    (when leadership is looked at again). Reports leadership and drops the series of resources that are gone
+    to ``metrics``. Whoever sets ``stop`` wakes the feed too.
+    """
     tracked: dict[str, _Tracked] = {}
+    unfinished = {p.value for p in st.UNFINISHED}
     while not stop.is_set():
+        leading = elector.leading
         if metrics is not None:
-            metrics.leading(elector.leading)
-        if elector.leading:
-            try:
-                docs = list(list_resources())
-            except KingmakerError as exc:
-                log.warning("cannot list ChampionChallengers, will retry: %s", exc)
-                docs = []
+            metrics.leading(leading)
+        delay = tick
+        if leading:
+            docs = list(feed.resources())
             now = clock()
             for doc in docs:
                 meta = doc.get("metadata") or {}
-                name = str(meta.get("name"))
-                t = tracked.setdefault(name, _Tracked())
-                phase = (doc.get("status") or {}).get("phase")
-                changed = meta.get("generation") != t.generation
-                if now >= t.next_due or changed or phase in {p.value for p in st.UNFINISHED}:
-                    t.generation = meta.get("generation")
+                t = tracked.setdefault(str(meta.get("name")), _Tracked())
+                busy = (doc.get("status") or {}).get("phase") in unfinished
+                if meta.get("generation") != t.generation or now >= t.next_due or (busy and now >= t.last_run + tick):
+                    t.generation, t.last_run = meta.get("generation"), now
                     t.next_due = now + _interval(doc, default_interval)
                     controller_for(doc).run_once()
-                if not elector.leading:
-                    break
+                    if not elector.leading:
+                        break
+                delay = min(delay, max(0.0, t.next_due - clock()))
             for gone in set(tracked) - {str((d.get("metadata") or {}).get("name")) for d in docs}:
                 tracked.pop(gone, None)
                 if metrics is not None:
                     metrics.forget(gone)
-        stop.wait(tick)
+        else:
+            tracked.clear()  # on taking over, every resource is looked at at once
+        if not stop.is_set():
+            feed.wait(delay)

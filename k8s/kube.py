@@ -1,23 +1,27 @@
 """The thin Kubernetes adapter: the official ``kubernetes`` client, and nothing clever.
 
 - `Kube` — the calls the controller makes, each with a timeout, every `ApiException` translated:
-  409 -> `Conflict` (re-read and retry), 404 -> `NotFound`, 429/5xx/transport -> `TemporaryError`, other
-  4xx -> `PermanentError`.
+  409 -> `Conflict` (re-read and retry), 404 -> `NotFound`, 410 -> `Gone` (a watch's resourceVersion is too
+  old: list again), 429/5xx/transport -> `TemporaryError`, other 4xx -> `PermanentError`. `Kube.watch` streams
+  the resources' changes (`k8s.watch.ResourceWatch` keeps a cache with it).
 - `KubeResource` — `ResourceSource` + `StatusStore` for one ``ChampionChallenger``: status through the
   status subresource (JSON merge patch carrying ``metadata.resourceVersion``: a concurrent write gives 409,
   we re-read and retry), Events through ``events.k8s.io/v1``.
-- `KubeServing` — `ServingTarget`: each arm's Deployment gets the model URI env var and a pod-template
-  annotation with the version (a strategic merge patch, so the Deployment rolls its pods); the router
-  ConfigMap's ``router.yaml`` gets ``mode`` and ``challenger_weight`` (other keys kept; 409 -> re-read).
+- `KubeServing` — `ServingTarget`: the arm Deployments are found by label (``kingmaker.io/championchallenger``
+  + ``kingmaker.io/arm``, the chart's contract), every colour's, and each gets the model URI env var and a
+  pod-template annotation with the version (a strategic merge patch, so the Deployment rolls its pods); the
+  router ConfigMap's ``router.yaml``, shared by the colours, gets ``mode`` and ``challenger_weight`` (other
+  keys kept; 409 -> re-read).
 
 Leader election on a Lease, which uses `Kube`'s Lease calls, is `k8s.lease`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -27,7 +31,7 @@ import yaml
 from k8s.resource import GROUP, KIND, PLURAL, VERSION
 from k8s.state import Arms, Spec, Status, parse_spec
 from kingmaker.errors import PermanentError, TemporaryError
-from kingmaker.roles import Mode
+from kingmaker.roles import Arm, Mode
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,10 @@ class Conflict(TemporaryError):
 
 class NotFound(PermanentError):
     """404: the object does not exist."""
+
+
+class Gone(TemporaryError):
+    """410: a watch's resourceVersion is older than the server keeps; list again."""
 
 
 def _message(exc: Any) -> str:
@@ -92,12 +100,14 @@ class Kube:
             ns = namespace or active.get("context", {}).get("namespace") or "default"
         return cls(client.ApiClient(), ns, timeout=timeout)
 
-    def call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    @contextlib.contextmanager
+    def errors(self, what: str) -> Iterator[None]:
+        """Translate the client's exceptions raised inside (see the module's doc); ``what`` names the call."""
         import urllib3
         from kubernetes.client.exceptions import ApiException
 
         try:
-            return fn(*args, _request_timeout=self.timeout, **kwargs)
+            yield
         except ApiException as exc:
             status = exc.status or 0
             text = f"Kubernetes: {what}: {status} {_message(exc)}"
@@ -105,11 +115,17 @@ class Kube:
                 raise Conflict(text) from exc
             if status == 404:
                 raise NotFound(text) from exc
+            if status == 410:
+                raise Gone(text) from exc
             if status == 429 or status >= 500 or status == 0:
                 raise TemporaryError(text) from exc
             raise PermanentError(text) from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise TemporaryError(f"Kubernetes: {what}: API server unreachable: {exc}") from exc
+
+    def call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        with self.errors(what):
+            return fn(*args, _request_timeout=self.timeout, **kwargs)
 
     # --- the ChampionChallenger ----------------------------------------------------------------
 
@@ -117,10 +133,24 @@ class Kube:
         return dict(self.call(f"reading {KIND} {name}", self.custom.get_namespaced_custom_object,
                               GROUP, VERSION, self.namespace, PLURAL, name))
 
-    def list(self) -> list[dict[str, Any]]:
+    def list_resources(self) -> tuple[list[dict[str, Any]], str]:
+        """The namespace's resources and the list's resourceVersion (where a watch of changes starts)."""
         out = self.call(f"listing {PLURAL}", self.custom.list_namespaced_custom_object,
                         GROUP, VERSION, self.namespace, PLURAL)
-        return list(out.get("items") or [])
+        return list(out.get("items") or []), str((out.get("metadata") or {}).get("resourceVersion") or "")
+
+    def watch(self, resource_version: str, timeout_seconds: int) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The resources' changes after ``resource_version``, as (event type, object), until the server ends
+        the watch after ``timeout_seconds``. BOOKMARK events (asked for) carry only a newer resourceVersion."""
+        from kubernetes import watch
+
+        stream = watch.Watch()
+        with self.errors(f"watching {PLURAL} from resourceVersion {resource_version}"):
+            for event in stream.stream(self.custom.list_namespaced_custom_object, GROUP, VERSION, self.namespace,
+                                       PLURAL, resource_version=resource_version, timeout_seconds=timeout_seconds,
+                                       allow_watch_bookmarks=True,
+                                       _request_timeout=(self.timeout, timeout_seconds + self.timeout)):
+                yield str(event["type"]), dict(event["raw_object"])
 
     def patch_status(self, name: str, status: Mapping[str, Any], resource_version: str | None) -> dict[str, Any]:
         body: dict[str, Any] = {"status": dict(status)}
@@ -144,9 +174,13 @@ class Kube:
         from kubernetes import client
 
         meta = regarding.get("metadata") or {}
+        now = datetime.now(UTC)
+        # Named as client-go's recorder names Events: <object>.<nanoseconds, hex> (a generateName ending in "."
+        # is refused by the API server)
+        name = f"{meta.get('name', 'kingmaker')}.{int(now.timestamp() * 1e9):x}"
         body = client.EventsV1Event(
-            metadata=client.V1ObjectMeta(generate_name=f"{meta.get('name', 'kingmaker')}.", namespace=self.namespace),
-            event_time=datetime.now(UTC), type=type_, reason=reason[:128], action=action[:128],
+            metadata=client.V1ObjectMeta(name=name, namespace=self.namespace),
+            event_time=now, type=type_, reason=reason[:128], action=action[:128],
             note=note.encode()[:1000].decode(errors="ignore"),
             reporting_controller=REPORTING_CONTROLLER, reporting_instance=instance[:128],
             regarding=client.V1ObjectReference(api_version=f"{GROUP}/{VERSION}", kind=KIND, name=meta.get("name"),
@@ -157,8 +191,10 @@ class Kube:
 
     # --- arms and router --------------------------------------------------------------------------
 
-    def deployment(self, name: str) -> Any:
-        return self.call(f"reading Deployment {name}", self.apps.read_namespaced_deployment, name, self.namespace)
+    def deployments(self, label_selector: str) -> list[Any]:
+        out = self.call(f"listing Deployments {label_selector}", self.apps.list_namespaced_deployment,
+                        self.namespace, label_selector=label_selector)
+        return list(out.items or [])
 
     def patch_deployment(self, name: str, body: Mapping[str, Any]) -> None:
         self.call(f"patching Deployment {name}", self.apps.patch_namespaced_deployment, name, self.namespace,
@@ -246,20 +282,30 @@ class KubeResource:
 
 # --- serving ------------------------------------------------------------------------------------
 
+CC_LABEL = f"{GROUP}/championchallenger"
+ARM_LABEL = f"{GROUP}/arm"
+
+
 @dataclass(frozen=True)
 class ServingNames:
-    """Where the arms and the router live; ``{name}`` is the resource's name."""
+    """Where the arms and the router of one resource live (``{name}`` is the resource's name).
 
-    champion_deployment: str = "{name}-champion"
-    challenger_deployment: str = "{name}-challenger"
+    The arms are every Deployment labelled ``kingmaker.io/championchallenger=<name>`` and
+    ``kingmaker.io/arm=<arm>`` — in the chart one per colour, ``<fullname>-<arm>-<blue|green>``, all patched
+    alike so a colour switch or rollback serves the same versions. The router ConfigMap is one, by name.
+    """
+
+    resource: str = "{name}"
     container: str = "scorer"
     router_configmap: str = "{name}-router"
     router_key: str = "router.yaml"
 
     def resolve(self, name: str) -> ServingNames:
-        return replace(self, champion_deployment=self.champion_deployment.format(name=name),
-                       challenger_deployment=self.challenger_deployment.format(name=name),
+        return replace(self, resource=self.resource.format(name=name),
                        router_configmap=self.router_configmap.format(name=name))
+
+    def selector(self, arm: Arm) -> str:
+        return f"{CC_LABEL}={self.resource},{ARM_LABEL}={arm.value}"
 
 
 def deployment_patch(container: str, model_uri: str, version: str) -> dict[str, Any]:
@@ -271,7 +317,7 @@ def deployment_patch(container: str, model_uri: str, version: str) -> dict[str, 
 
 
 class KubeServing:
-    """`ServingTarget` over the two arm Deployments and the router ConfigMap."""
+    """`ServingTarget` over the arm Deployments (found by label) and the router ConfigMap."""
 
     def __init__(self, kube: Kube, names: ServingNames, model_name: str):
         self.kube = kube
@@ -287,20 +333,33 @@ class KubeServing:
                 return env.get(MODEL_URI_ENV), annotations.get(VERSION_ANNOTATION)
         raise PermanentError(f"Deployment {deployment.metadata.name} has no container {self.names.container!r}")
 
-    def _point_one(self, name: str, version: str) -> bool:
+    def _point_arm(self, arm: Arm, version: str) -> bool:
+        """Patch every Deployment of ``arm`` that does not serve ``version`` yet. True if any was patched."""
         from kingmaker.arms import model_uri
 
-        uri = model_uri(self.model_name, version)
-        if self._serves(self.kube.deployment(name)) == (uri, version):
+        selector = self.names.selector(arm)
+        found = sorted(self.kube.deployments(selector), key=lambda d: str(d.metadata.name))
+        if not found:
+            if arm is Arm.CHAMPION:
+                raise PermanentError(f"no Deployment labelled {selector} in namespace {self.kube.namespace}: "
+                                     f"the champion arm is not installed (helm install the chart)")
+            log.debug("no Deployment labelled %s: the challenger arm is not installed", selector)
             return False
-        self.kube.patch_deployment(name, deployment_patch(self.names.container, uri, version))
-        log.info("Deployment %s -> %s (rolling update)", name, uri)
-        return True
+        uri = model_uri(self.model_name, version)
+        changed = False
+        for deployment in found:
+            if self._serves(deployment) == (uri, version):
+                continue
+            name = str(deployment.metadata.name)
+            self.kube.patch_deployment(name, deployment_patch(self.names.container, uri, version))
+            log.info("Deployment %s -> %s (rolling update)", name, uri)
+            changed = True
+        return changed
 
     def point(self, arms: Arms) -> bool:
-        changed = self._point_one(self.names.champion_deployment, arms.champion)
-        if arms.challenger is not None:  # no challenger: leave its Deployment alone, it gets no traffic
-            changed = self._point_one(self.names.challenger_deployment, arms.challenger) or changed
+        changed = self._point_arm(Arm.CHAMPION, arms.champion)
+        if arms.challenger is not None:  # no challenger: leave its Deployments alone, they get no traffic
+            changed = self._point_arm(Arm.CHALLENGER, arms.challenger) or changed
         return changed
 
     def route(self, mode: Mode, challenger_weight: float) -> bool:

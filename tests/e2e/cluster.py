@@ -328,15 +328,35 @@ class ControlPlane:
             raise ControlPlaneError(f"TokenRequest for {namespace}/{name} returned no token")
         return answer.status.token
 
+    def write_kubeconfig(self, path: Path, token: str, namespace: str) -> Path:
+        """A kubeconfig whose user is ``token`` (e.g. a ServiceAccount's, from `service_account_token`) and
+        whose current namespace is ``namespace``: what a process outside the cluster needs to act as that
+        account, the way the in-cluster configuration does inside a pod."""
+        assert self._pki is not None, "start() first"
+        ca = base64.b64encode(self._pki.ca_cert.read_bytes()).decode()
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "e2e", "preferences": {},
+            "clusters": [{"name": "e2e", "cluster": {"server": self.server, "certificate-authority-data": ca}}],
+            "users": [{"name": "token", "user": {"token": token}}],
+            "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": "token", "namespace": namespace}}]}))
+        path.chmod(0o600)
+        return path
+
+    def env(self) -> dict[str, str]:
+        """The environment of a process run as the admin: ``KUBECONFIG``, ``kubectl`` and ``helm`` from
+        ``tools_bin`` first on ``PATH``, helm's cache and config in the temporary folder."""
+        helm_homes = {f"HELM_{k}_HOME": str(self._workdir / f"helm-{k.lower()}") for k in ("CACHE", "CONFIG", "DATA")}
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig_path), **helm_homes,
+                "PATH": f"{self.tools_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
+
     def run(self, tool: str, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-        """Run ``kubectl`` or ``helm`` from ``tools_bin`` as the admin (helm keeps its cache and config in
-        the temporary folder). With ``check``, a non-zero exit raises AssertionError with the output."""
+        """Run ``kubectl`` or ``helm`` from ``tools_bin`` as the admin (`env`). With ``check``, a non-zero exit
+        raises AssertionError with the output."""
         exe = self.tools_bin / tool
         if not os.access(exe, os.X_OK):
             raise AssertionError(f"{tool} is not in {self.tools_bin}: run `bash .ci/tools`")
-        helm_homes = {f"HELM_{k}_HOME": str(self._workdir / f"helm-{k.lower()}") for k in ("CACHE", "CONFIG", "DATA")}
         proc = subprocess.run([str(exe), *args], check=False, capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, "KUBECONFIG": str(self.kubeconfig_path), **helm_homes})
+                              env=self.env())
         if check and proc.returncode != 0:
             raise AssertionError(f"{tool} {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}")
         return proc
@@ -424,7 +444,9 @@ class ControlPlane:
 
     @staticmethod
     def _fake_node() -> client.V1Node:
-        capacity = {"cpu": "32", "memory": "256Gi", "pods": "110"}
+        # Room for every test's pods at once (the chart requests 500m per Scorer/Router pod and namespaces are
+        # deleted in the background): kwok runs no container, so capacity is only a number the scheduler reads.
+        capacity = {"cpu": "1000", "memory": "4Ti", "pods": "1000"}
         return client.V1Node(
             metadata=client.V1ObjectMeta(
                 name=NODE_NAME,

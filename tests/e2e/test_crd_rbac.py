@@ -24,7 +24,7 @@ GROUP, VERSION, PLURAL = "kingmaker.io", "v1alpha1", "championchallengers"
 
 @pytest.fixture(scope="module")
 def crd(cluster: ControlPlane) -> Iterator[str]:
-    """The CRD applied with kubectl and Established; removed after this module's tests."""
+    """The CRD applied with kubectl and Established; removed (and waited for) after this module's tests."""
     name = yaml.safe_load(CRD.read_text())["metadata"]["name"]
     cluster.run("kubectl", "apply", "-f", str(CRD))
     with cluster.api_client() as api:
@@ -33,6 +33,15 @@ def crd(cluster: ControlPlane) -> Iterator[str]:
             ext.read_custom_resource_definition_status(name).status, "Established"))
         yield name
         ext.delete_custom_resource_definition(name)
+
+        def gone() -> bool:  # so that a later `helm install` creates it afresh instead of finding it terminating
+            try:
+                ext.read_custom_resource_definition(name)
+            except ApiException as exc:
+                return exc.status == 404
+            return False
+
+        cluster.wait_for(f"CRD {name} deleted", gone)
 
 
 def _example(name: str) -> dict[str, Any]:

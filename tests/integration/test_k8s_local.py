@@ -27,15 +27,14 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry, start_http_server
 
 from k8s.decide import GuardrailReadings
 from k8s.sources.prometheus import GuardrailQueries, PrometheusAPI, PrometheusGuardrails
 from k8s.state import Pair
-from kingmaker.catalog import CATALOG, create
 from kingmaker.settings import MlflowSettings
 from tests.conftest import kingmaker
 from tests.integration.bentos_support import start_serve, transactions, write_matured_traffic
+from tests.integration.prometheus_support import FakeRouter
 from tests.integration.prometheus_support import prometheus as local_prometheus
 
 pytestmark = pytest.mark.integration
@@ -52,48 +51,12 @@ def _free_port() -> int:
 
 # --- a real Prometheus scraping two fake routers (healthy and failing challenger) ----------------------
 
-class FakeRouter:
-    """Router metrics with the catalog's names, for a challenger with a given error share and latency."""
-
-    def __init__(self, error_share: float, latency: float):
-        self.registry = CollectorRegistry()
-        self.calls = create(CATALOG["kingmaker_router_upstream_requests"], self.registry)
-        self.duration = create(CATALOG["kingmaker_router_upstream_duration_seconds"], self.registry)
-        self.error_share, self.latency = error_share, latency
-        self.port = _free_port()
-        self.server, _ = start_http_server(self.port, addr="127.0.0.1", registry=self.registry)
-
-    def tick(self) -> None:
-        failed = round(200 * self.error_share)
-        challenger = {"arm": "challenger", "model_version": "2"}
-        self.calls.labels(**challenger, outcome="ok").inc(200 - failed)  # type: ignore[union-attr]
-        self.calls.labels(**challenger, outcome="http_error").inc(failed)  # type: ignore[union-attr]
-        self.calls.labels(**challenger, outcome="rejected").inc(3)  # type: ignore[union-attr]  # client's fault
-        self.calls.labels(**challenger, outcome="shadow_skipped").inc(50)  # type: ignore[union-attr]  # not calls
-        self.calls.labels(arm="challenger", model_version="1", outcome="timeout").inc(100)  # type: ignore[union-attr]  # old version
-        self.calls.labels(arm="champion", model_version="1", outcome="timeout").inc(100)  # type: ignore[union-attr]  # other arm
-        for _ in range(20):
-            self.duration.labels(**challenger).observe(self.latency)  # type: ignore[union-attr]
-        self.duration.labels(arm="challenger", model_version="1").observe(2.0)  # type: ignore[union-attr]
-        self.duration.labels(arm="champion", model_version="1").observe(2.0)  # type: ignore[union-attr]
-
-
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    healthy, failing = FakeRouter(0.005, 0.02), FakeRouter(0.05, 0.02)
-    stop = threading.Event()
-
-    def feed() -> None:
-        while not stop.is_set():
-            healthy.tick()
-            failing.tick()
-            stop.wait(0.25)
-
-    threading.Thread(target=feed, daemon=True).start()
-    config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-              "scrape_configs": [{"job_name": name, "static_configs": [{"targets": [f"127.0.0.1:{r.port}"]}]}
-                                 for name, r in (("healthy", healthy), ("failing", failing))]}
-    try:
+    with FakeRouter(0.005, 0.02) as healthy, FakeRouter(0.05, 0.02) as failing:
+        config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                  "scrape_configs": [{"job_name": name, "static_configs": [{"targets": [f"127.0.0.1:{r.port}"]}]}
+                                     for name, r in (("healthy", healthy), ("failing", failing))]}
         with local_prometheus(tmp_path_factory.mktemp("prometheus"), config) as url:
             api = PrometheusAPI(url, timeout=2.0)
             deadline = time.monotonic() + 60
@@ -109,11 +72,6 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 time.sleep(0.5)
             api.close()
             yield url
-    finally:
-        stop.set()
-        for r in (healthy, failing):
-            r.server.shutdown()
-            r.server.server_close()
 
 
 def test_guardrail_queries_against_real_prometheus(prometheus: str) -> None:

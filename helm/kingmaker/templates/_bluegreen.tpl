@@ -63,7 +63,8 @@ So `helm upgrade` never undoes a promotion and never fights the controller over 
 {{/*
 Why a colour cannot take traffic yet: (list $ live colour) -> one problem per line, "" when ready.
 Every Deployment of the colour must exist, run the image this upgrade asks for, have its rollout
-observed and every replica updated and available.
+observed and every replica updated and available, with no pod of an earlier rollout left (mid-rollout the
+old pods are the available ones: what `kubectl rollout status` waits for too).
 */}}
 {{- define "kingmaker.colourProblems" -}}
 {{- $ctx := index . 0 }}{{ $live := index . 1 }}{{ $colour := index . 2 }}
@@ -79,14 +80,15 @@ Deployment {{ $name }} does not exist
 {{- $replicas := int (dig "spec" "replicas" 1 $d) }}
 {{- $available := int (dig "status" "availableReplicas" 0 $d) }}
 {{- $updated := int (dig "status" "updatedReplicas" 0 $d) }}
+{{- $old := sub (int (dig "status" "replicas" 0 $d)) $updated }}
 {{- if ne $image $want }}
 Deployment {{ $name }} runs {{ $image | default "no such container" }}, not {{ $want }}
 {{- else if lt (int (dig "status" "observedGeneration" 0 $d)) (int $d.metadata.generation) }}
 Deployment {{ $name }}: its latest change is not rolled out yet
 {{- else if eq $replicas 0 }}
 Deployment {{ $name }} is scaled to zero
-{{- else if or (lt $updated $replicas) (lt $available $replicas) }}
-Deployment {{ $name }}: {{ $available }}/{{ $replicas }} replicas available, {{ $updated }} updated
+{{- else if or (lt $updated $replicas) (lt $available $replicas) (gt $old 0) }}
+Deployment {{ $name }}: {{ $available }}/{{ $replicas }} replicas available, {{ $updated }} updated{{ if gt $old 0 }}, {{ $old }} of the previous rollout still running{{ end }}
 {{- end }}
 {{- end }}
 {{- end }}

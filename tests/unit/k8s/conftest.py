@@ -24,6 +24,7 @@ import yaml
 
 from k8s.act import ControllerMetrics, Ports
 from k8s.decide import ArmRows, DriftSummary, GuardrailReadings, Observations
+from k8s.kube import Kube
 from k8s.local import LocalServing, LocalStore
 from k8s.observe import Sources
 from k8s.policy import Policy, parse_policy
@@ -33,6 +34,8 @@ from k8s.state import Arms, Pair, Spec, Status, Traffic
 from kingmaker import logs
 from kingmaker.roles import Mode
 from kingmaker.settings import MlflowSettings
+
+from .fake_kube import NS, FakeApiServer
 
 ROOT = Path(__file__).resolve().parents[3]
 CRD = ROOT / "k8s" / "crd" / "championchallenger.yaml"
@@ -269,6 +272,14 @@ def local_ports(home: Home, registry: MlflowRegistry) -> Iterator[tuple[Ports, L
     store = LocalStore(home.root / "controller", s)
     serving = LocalServing(home.root / "serving", MODEL)
     yield Ports(registry, serving, store, ControllerMetrics()), store, serving
+
+
+@pytest.fixture
+def kube(server: FakeApiServer) -> Iterator[Kube]:
+    """The Kubernetes adapter on the test module's recording fake API server (its ``server`` fixture)."""
+    k = Kube(server.api_client(), NS, timeout=3.0)
+    yield k
+    k.api_client.close()
 
 
 @contextlib.contextmanager

@@ -3,8 +3,9 @@
 The real ``kubernetes`` client builds every request (paths, query, headers, JSON bodies); this fake records
 them and answers like the API server would for the handful of objects the controller touches: optimistic
 concurrency on ``metadata.resourceVersion`` (409 on a stale one), JSON merge patch for custom resources,
-strategic merge (lists of named items merged by ``name``) for Deployments and ConfigMaps, and injectable
-failures. No cluster, but what is sent is exactly what a cluster would receive.
+strategic merge (lists of named items merged by ``name``) for Deployments and ConfigMaps, lists with equality
+label selectors, watch streams played from a script (`FakeApiServer.watches`), and injectable failures. No
+cluster, but what is sent is exactly what a cluster would receive.
 """
 
 from __future__ import annotations
@@ -32,11 +33,23 @@ class Request:
 
 
 class _HTTP:
-    def __init__(self, status: int, doc: Any):
+    def __init__(self, status: int, doc: Any, lines: list[Any] | None = None):
         self.status = status
         self.reason = {200: "OK", 201: "Created", 404: "Not Found", 409: "Conflict"}.get(status, "Error")
         self.data = json.dumps(doc).encode()
         self.headers = {"content-type": "application/json"}
+        self.lines = lines or []
+
+    # what a watch reads of urllib3's response (``_preload_content=False``)
+    def stream(self, amt: Any = None, decode_content: Any = None) -> Any:
+        for line in self.lines:
+            yield (json.dumps(line) + "\n").encode()
+
+    def close(self) -> None:
+        pass
+
+    def release_conn(self) -> None:
+        pass
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -85,6 +98,9 @@ class FakeApiServer:
     requests: list[Request] = field(default_factory=list)
     failures: list[tuple[str, str, int]] = field(default_factory=list)  # (method, path regex, status), once each
     events: list[dict[str, Any]] = field(default_factory=list)
+    #: One entry per watch request, in order: the events the stream delivers before the server ends it
+    #: ({"type": ..., "object": ...}), or an HTTP status the request fails with. None: no more watches expected.
+    watches: list[list[dict[str, Any]] | int] = field(default_factory=list)
     _rv: int = 100
 
     def api_client(self) -> client.ApiClient:
@@ -121,6 +137,11 @@ class FakeApiServer:
             if m == method and re.search(pattern, parsed.path):
                 del self.failures[i]
                 return rest.RESTResponse(_HTTP(code, _status(code, "Injected", f"injected {code}")))
+        if req.query.get("watch") == ["true"]:
+            script = self.watches.pop(0)
+            if isinstance(script, int):
+                return rest.RESTResponse(_HTTP(script, _status(script, "Injected", f"injected {script}")))
+            return rest.RESTResponse(_HTTP(200, {}, script))
         status, doc = self._route(req)
         return rest.RESTResponse(_HTTP(status, doc))
 
@@ -129,6 +150,7 @@ class FakeApiServer:
         routes = [
             (r"^/apis/kingmaker\.io/v1alpha1/namespaces/[^/]+/championchallengers$", "cc", None),
             (r"^/apis/kingmaker\.io/v1alpha1/namespaces/[^/]+/championchallengers/([^/]+)(/status)?$", "cc", 1),
+            (r"^/apis/apps/v1/namespaces/[^/]+/deployments$", "deployment", None),
             (r"^/apis/apps/v1/namespaces/[^/]+/deployments/([^/]+)$", "deployment", 1),
             (r"^/api/v1/namespaces/[^/]+/configmaps/([^/]+)$", "configmap", 1),
             (r"^/apis/coordination\.k8s\.io/v1/namespaces/[^/]+/leases$", "lease", None),
@@ -149,7 +171,10 @@ class FakeApiServer:
             self.events.append(event)
             return 201, event
         if name is None and req.method == "GET":
-            return 200, {"items": [o for (k, _), o in self.objects.items() if k == kind], "metadata": {}}
+            wanted = dict(pair.split("=", 1) for pair in req.query.get("labelSelector", [""])[0].split(",") if pair)
+            items = [o for (k, _), o in self.objects.items() if k == kind
+                     and all((o["metadata"].get("labels") or {}).get(key) == v for key, v in wanted.items())]
+            return 200, {"items": items, "metadata": {"resourceVersion": str(self._rv)}}
         if name is None and req.method == "POST":
             name = req.body["metadata"]["name"]
             if (kind, name) in self.objects:
@@ -193,8 +218,12 @@ class FakeApiServer:
         return [r for r in self.requests if (method is None or r.method == method) and re.search(pattern, r.path)]
 
 
-def deployment(name: str, version: str, *, container: str = "scorer") -> dict[str, Any]:
-    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+def deployment(arm: str, version: str, *, colour: str = "blue", cc: str = "fraud-detector",
+               container: str = "scorer") -> dict[str, Any]:
+    """An arm Deployment as the chart makes it: ``<cc>-<arm>-<colour>``, labelled for the controller."""
+    name = f"{cc}-{arm}-{colour}"
+    labels = {"kingmaker.io/championchallenger": cc, "kingmaker.io/arm": arm, "kingmaker.io/color": colour}
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": labels},
             "spec": {"selector": {"matchLabels": {"app": name}},
                      "template": {"metadata": {"labels": {"app": name},
                                                "annotations": {"kingmaker.io/model-version": version}},

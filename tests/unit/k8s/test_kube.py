@@ -4,7 +4,7 @@ against a recording fake API server (fake_kube.py). Also a whole promotion in Ku
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+import re
 from typing import Any
 
 import pytest
@@ -51,17 +51,12 @@ def cr(**policy: Any) -> dict[str, Any]:
 def server() -> FakeApiServer:
     s = FakeApiServer()
     s.put("cc", cr())
-    s.put("deployment", deployment(f"{NAME}-champion", "1"))
-    s.put("deployment", deployment(f"{NAME}-challenger", "2"))
+    for colour in ("blue", "green"):  # the chart's two colours: both follow the controller
+        s.put("deployment", deployment("champion", "1", colour=colour))
+        s.put("deployment", deployment("challenger", "2", colour=colour))
+    s.put("deployment", deployment("champion", "7", cc="other-model"))  # another resource's arm: not ours
     s.put("configmap", router_configmap(f"{NAME}-router", "mode: shadow\nchallenger_weight: 0.1\nsalt: pepper\n"))
     return s
-
-
-@pytest.fixture
-def kube(server: FakeApiServer) -> Iterator[Kube]:
-    k = Kube(server.api_client(), NS, timeout=3.0)
-    yield k
-    k.api_client.close()
 
 
 def test_status_goes_to_the_status_subresource_as_a_merge_patch(server: FakeApiServer, kube: Kube) -> None:
@@ -115,23 +110,56 @@ def test_approve_patches_the_spec(server: FakeApiServer, kube: Kube) -> None:
     assert server.get("cc", NAME)["metadata"]["generation"] == 2  # a spec change: the controller notices
 
 
-def test_point_patches_env_and_annotation_for_a_rolling_update(server: FakeApiServer, kube: Kube) -> None:
+def test_point_finds_the_arms_by_label_and_patches_every_colour(server: FakeApiServer, kube: Kube) -> None:
     serving = KubeServing(kube, ServingNames().resolve(NAME), "fraud-detector")
     assert serving.point(Arms("2", None)) is True
-    (patch,) = server.sent("PATCH")
-    assert patch.path == f"/apis/apps/v1/namespaces/{NS}/deployments/{NAME}-champion"
-    assert patch.headers["Content-Type"] == "application/strategic-merge-patch+json"
-    assert patch.body == deployment_patch("scorer", "models:/fraud-detector/2", "2")
-    assert patch.body["spec"]["template"]["metadata"]["annotations"] == {VERSION_ANNOTATION: "2"}
-    template = server.get("deployment", f"{NAME}-champion")["spec"]["template"]
-    (scorer, sidecar) = template["spec"]["containers"]
-    assert {e["name"]: e["value"] for e in scorer["env"]} == {"KINGMAKER_ARM": "x",
-                                                               MODEL_URI_ENV: "models:/fraud-detector/2"}
-    assert sidecar == {"name": "sidecar", "image": "proxy:1"}
-    # no challenger: its Deployment is left alone; already pointed: nothing is sent
+    (listed,) = server.sent("GET", "deployments")
+    assert listed.path == f"/apis/apps/v1/namespaces/{NS}/deployments"
+    assert listed.query["labelSelector"] == [f"kingmaker.io/championchallenger={NAME},kingmaker.io/arm=champion"]
+    patches = server.sent("PATCH")
+    assert [p.path.rsplit("/", 1)[-1] for p in patches] == [f"{NAME}-champion-blue", f"{NAME}-champion-green"]
+    for patch in patches:
+        assert patch.headers["Content-Type"] == "application/strategic-merge-patch+json"
+        assert patch.query == {"fieldManager": ["kingmaker-controller"]}
+        assert patch.body == deployment_patch("scorer", "models:/fraud-detector/2", "2")
+        assert patch.body["spec"]["template"]["metadata"]["annotations"] == {VERSION_ANNOTATION: "2"}
+    for colour in ("blue", "green"):
+        template = server.get("deployment", f"{NAME}-champion-{colour}")["spec"]["template"]
+        (scorer, sidecar) = template["spec"]["containers"]
+        assert {e["name"]: e["value"] for e in scorer["env"]} == {"KINGMAKER_ARM": "x",
+                                                                   MODEL_URI_ENV: "models:/fraud-detector/2"}
+        assert sidecar == {"name": "sidecar", "image": "proxy:1"}
+        assert server.get("deployment", f"{NAME}-challenger-{colour}")["spec"]["template"]["metadata"][
+            "annotations"][VERSION_ANNOTATION] == "2"  # no challenger: its Deployments are left alone
+    assert server.get("deployment", "other-model-champion-blue")["spec"]["template"]["metadata"]["annotations"][
+        VERSION_ANNOTATION] == "7"
+    # already pointed: nothing is sent but the list
     server.requests.clear()
     assert serving.point(Arms("2", None)) is False
     assert server.sent("PATCH") == []
+
+
+def test_point_moves_a_new_challenger_on_every_colour_and_only_what_differs(server: FakeApiServer,
+                                                                           kube: Kube) -> None:
+    server.put("deployment", deployment("challenger", "3", colour="green"))  # e.g. an interrupted earlier run
+    serving = KubeServing(kube, ServingNames().resolve(NAME), "fraud-detector")
+    assert serving.point(Arms("1", "3")) is True
+    assert [p.path.rsplit("/", 1)[-1] for p in server.sent("PATCH")] == [f"{NAME}-challenger-blue"]
+    assert {server.get("deployment", f"{NAME}-challenger-{c}")["spec"]["template"]["metadata"]["annotations"][
+        VERSION_ANNOTATION] for c in ("blue", "green")} == {"3"}
+
+
+def test_no_champion_deployment_is_a_readable_permanent_error_and_no_challenger_is_normal(
+        server: FakeApiServer, kube: Kube) -> None:
+    for colour in ("blue", "green"):  # scorer.challenger.enabled=false: the chart makes no challenger arm
+        del server.objects[("deployment", f"{NAME}-challenger-{colour}")]
+    serving = KubeServing(kube, ServingNames().resolve(NAME), "fraud-detector")
+    assert serving.point(Arms("1", "2")) is False
+    with pytest.raises(PermanentError) as missing:
+        KubeServing(kube, ServingNames().resolve("fraud-shadow"), "fraud-detector").point(Arms("1", None))
+    assert str(missing.value) == (
+        f"no Deployment labelled kingmaker.io/championchallenger=fraud-shadow,kingmaker.io/arm=champion in "
+        f"namespace {NS}: the champion arm is not installed (helm install the chart)")
 
 
 def test_point_refuses_a_deployment_without_the_container(server: FakeApiServer, kube: Kube) -> None:
@@ -174,7 +202,9 @@ def test_events_reference_the_resource(server: FakeApiServer, kube: Kube) -> Non
     assert (body["type"], body["reason"], body["action"]) == ("Normal", "Promoted", "Promote")
     assert body["reportingController"] == "kingmaker.io/promotion-controller"
     assert body["reportingInstance"] == "controller-0_1" and len(body["note"]) <= 1000
-    assert body["metadata"]["generateName"] == f"{NAME}." and "eventTime" in body
+    name = body["metadata"]["name"]  # <object>.<hex nanoseconds>, as client-go names Events: a valid name
+    assert re.fullmatch(rf"{NAME}\.[0-9a-f]{{16}}", name) and "generateName" not in body["metadata"]
+    assert "eventTime" in body
 
 
 def test_event_failures_are_logged_not_raised(server: FakeApiServer, kube: Kube) -> None:
@@ -196,7 +226,7 @@ def test_an_unreachable_api_server_is_temporary(kube: Kube, monkeypatch: pytest.
 
     monkeypatch.setattr(kube.api_client.rest_client, "request", down)
     with pytest.raises(TemporaryError, match="unreachable"):
-        kube.list()
+        kube.list_resources()
 
 
 def test_requests_carry_a_timeout(server: FakeApiServer, kube: Kube, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -226,13 +256,13 @@ def test_kubernetes_promotion_interrupted_by_the_api_server_then_finished(
     preds, labels = traffic_frame(2500, champion="1", challenger="2")
     home.write(preds, labels)
     controller = kube_controller(server, kube, home, registry)
-    # the champion Deployment cannot be patched right now (the API server is overloaded)
-    server.failures = [("PATCH", f"deployments/{NAME}-champion$", 503)]
+    # the green champion Deployment cannot be patched right now (the API server is overloaded)
+    server.failures = [("PATCH", f"deployments/{NAME}-champion-green$", 503)]
     assert controller.run_once() is None  # a temporary error: logged, retried next tick
     assert registry.aliases()["champion"] == "2"  # the alias moved ...
     assert server.get("cc", NAME)["status"]["phase"] == "Promoting"  # ... and the intent is on the resource
-    assert server.get("deployment", f"{NAME}-champion")["spec"]["template"]["metadata"]["annotations"][
-        VERSION_ANNOTATION] == "1"
+    assert [server.get("deployment", f"{NAME}-champion-{c}")["spec"]["template"]["metadata"]["annotations"][
+        VERSION_ANNOTATION] for c in ("blue", "green")] == ["2", "1"]  # half way
 
     result = kube_controller(server, kube, home, registry).run_once()  # next tick, maybe another replica
     assert result is not None and result.resumed
@@ -240,8 +270,9 @@ def test_kubernetes_promotion_interrupted_by_the_api_server_then_finished(
     assert status["phase"] == "Promoted" and status["championVersion"] == "2" and "challengerVersion" not in status
     assert [h["action"] for h in status["history"]] == ["Promoted"]
     assert_valid(Status.from_dict(status))
-    champion = server.get("deployment", f"{NAME}-champion")["spec"]["template"]
-    assert champion["metadata"]["annotations"][VERSION_ANNOTATION] == "2"
+    for colour in ("blue", "green"):
+        champion = server.get("deployment", f"{NAME}-champion-{colour}")["spec"]["template"]
+        assert champion["metadata"]["annotations"][VERSION_ANNOTATION] == "2"
     cfg = router_config.parse(yaml.safe_load(server.get("configmap", f"{NAME}-router")["data"]["router.yaml"]))
     assert (cfg.mode, cfg.challenger_weight) == (Mode.SPLIT, 0.0)
     assert [e["reason"] for e in server.events] == ["ChallengerBetter", "Promoted"]
@@ -270,7 +301,7 @@ def _rbac_rules() -> list[dict[str, Any]]:
     return list(role["rules"])
 
 
-def _attributes(method: str, path: str) -> tuple[str, str, str, str | None]:
+def _attributes(method: str, path: str, query: dict[str, list[str]]) -> tuple[str, str, str, str | None]:
     """(apiGroup, resource[/subresource], verb, name) of one namespaced request, as the API server authorizes it."""
     parts = path.strip("/").split("/")
     group = "" if parts[0] == "api" else parts[1]
@@ -278,8 +309,8 @@ def _attributes(method: str, path: str) -> tuple[str, str, str, str | None]:
     resource, name = rest[0], rest[1] if len(rest) > 1 else None
     if len(rest) > 2:
         resource = f"{resource}/{rest[2]}"
-    verb = {"GET": "get" if name else "list", "POST": "create", "PUT": "update", "PATCH": "patch",
-            "DELETE": "delete"}[method]
+    verb = {"GET": "get" if name else "watch" if query.get("watch") == ["true"] else "list", "POST": "create",
+            "PUT": "update", "PATCH": "patch", "DELETE": "delete"}[method]
     return group, resource, verb, name
 
 
@@ -296,12 +327,15 @@ def test_rbac_allows_every_request_of_a_promotion_and_an_election(
     home.write(preds, labels)
     elector = LeaseElector(kube, "kingmaker-controller", "me")
     assert elector.try_acquire_or_renew() and elector.try_acquire_or_renew()
-    kube.list()
+    server.watches = [[]]
+    assert list(kube.watch(kube.list_resources()[1], 60)) == []
     assert kube_controller(server, kube, home, registry).run_once() is not None
     rules = _rbac_rules()
-    sent = {_attributes(r.method, r.path) for r in server.requests}
+    sent = {_attributes(r.method, r.path, r.query) for r in server.requests}
     assert {(g, res, v) for g, res, v, _ in sent} >= {
-        ("kingmaker.io", "championchallengers/status", "patch"), ("apps", "deployments", "patch"),
+        ("kingmaker.io", "championchallengers", "list"), ("kingmaker.io", "championchallengers", "watch"),
+        ("kingmaker.io", "championchallengers/status", "patch"), ("apps", "deployments", "list"),
+        ("apps", "deployments", "patch"),
         ("", "configmaps", "patch"), ("events.k8s.io", "events", "create"), ("coordination.k8s.io", "leases", "update")}
     denied = sorted(a for a in sent if not _allowed(rules, *a))
     assert denied == []

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 
 from k8s.act import LostLeadership
-from k8s.controller import operate
 from k8s.kube import Kube
 from k8s.lease import LeaseElector
 from kingmaker.errors import PermanentError
@@ -128,47 +125,3 @@ def test_two_replicas_never_both_lead() -> None:
         assert len(leading) <= 1, f"both lead at t={clock.t - start}"
         leaders_seen.update(leading)
     assert leaders_seen == {"a", "b"}  # leadership did move when the leader stalled
-
-
-def test_operate_reconciles_only_while_leading_and_when_due() -> None:
-    class FakeElector:
-        leading = False
-
-    class Recorder:
-        def __init__(self) -> None:
-            self.runs: list[str] = []
-
-        def for_doc(self, doc: Any) -> Any:
-            name = doc["metadata"]["name"]
-            runs = self.runs
-
-            class C:
-                def run_once(self) -> None:
-                    runs.append(name)
-
-            return C()
-
-    docs = [{"metadata": {"name": "x", "generation": 1},
-             "spec": {"modelName": "m", "policy": {"evaluationIntervalSeconds": 60}}},
-            {"metadata": {"name": "y", "generation": 1}, "status": {"phase": "Promoting"}}]
-    e, rec, t = FakeElector(), Recorder(), [0.0]
-    ticks = {"n": 0}
-    stop = threading.Event()
-
-    class Stopper(threading.Event):
-        def wait(self, timeout: float | None = None) -> bool:
-            ticks["n"] += 1
-            t[0] += 10.0
-            e.leading = ticks["n"] >= 1
-            if ticks["n"] == 3:
-                docs[0]["metadata"]["generation"] = 2  # an approval edits the spec
-            if ticks["n"] >= 8:
-                stop.set()
-            return stop.is_set()
-
-        def is_set(self) -> bool:
-            return stop.is_set()
-
-    operate(lambda: docs, rec.for_doc, e, Stopper(), tick=10.0, clock=lambda: t[0])  # type: ignore[arg-type]
-    # not leading at first: nothing; then x at once and again after its spec changed; y every tick (Promoting)
-    assert rec.runs.count("x") == 2 and rec.runs.count("y") == 7
