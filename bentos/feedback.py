@@ -34,11 +34,14 @@ _PARTITIONING = ds.partitioning(pa.schema([(logs.PARTITION, pa.string())]), flav
 
 
 def _dataset(url: str) -> ds.Dataset | None:
+    """The dataset at ``url``, None while it has no file (a folder whose only write failed has none, and its
+    schema would then lack every column asked for)."""
     fs, root = logs.filesystem(url)  # no stale listing: other processes add files
     if not fs.exists(root):
         return None
-    return ds.dataset(root, filesystem=fs, format="parquet", partitioning=_PARTITIONING,
+    data = ds.dataset(root, filesystem=fs, format="parquet", partitioning=_PARTITIONING,
                       exclude_invalid_files=True, ignore_prefixes=[".", "_"])
+    return data if data.files else None
 
 
 class FeedbackStore:

@@ -178,7 +178,9 @@ def read(url: str, *, since: datetime | None = None, until: datetime | None = No
     if not fs.exists(root):
         return pd.DataFrame()
     dataset = ds.dataset(root, filesystem=fs, format="parquet", partitioning="hive",
-                         exclude_invalid_files=True, ignore_prefixes=[".", "_"])
+                         exclude_invalid_files=True, ignore_prefixes=[".", "_"])  # temporary files: .part-*.tmp
+    if not dataset.files:  # e.g. a partition folder whose only write failed: no schema to filter on
+        return pd.DataFrame()
     expr = None
     for op, bound in (("ge", since), ("lt", until)):
         if bound is not None:
