@@ -6,9 +6,11 @@ Secret: one token per line, ``#`` comments), and the file is re-read when it cha
 Secret takes effect without a restart. Comparison is constant-time on SHA-256 digests.
 
 `GuardMiddleware` is an ASGI middleware: it answers 404 (unknown path), 405 (not POST), 401
-(missing/invalid token), 503 (no tokens configured for a protected path: fail closed), 415 (a JSON endpoint
-sent something else) or 413 (body too large) before the service parses anything. The service owns the `Guard`; the middleware reaches it through a `GuardSlot`, because
-BentoML builds the middleware stack before the service instance exists.
+(missing/invalid token), 503 (no tokens configured for a protected path: fail closed), 415 (a JSON
+endpoint sent something else) or 413 (body too large) before the service parses anything. The service
+owns the `Guard`; the middleware reaches it through a `GuardSlot`, because BentoML builds the middleware
+stack before the service instance exists. `OutgoingToken` is the other direction: the token the Router
+sends to its arms.
 """
 
 from __future__ import annotations
@@ -188,14 +190,21 @@ class GuardMiddleware:
         self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        if scope["type"] != "http" or (path not in self.routes.posts and path != NOT_FOUND_PATH):
-            await self.app(scope, receive, send)  # BentoML's pages: /metrics, /readyz, /docs.json ...
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
             return
+        path, method = scope.get("path", ""), scope.get("method")
         if path == NOT_FOUND_PATH:
             await _send_json(send, 404, error_body(ErrorCode.NOT_FOUND, "no such path"))
             return
-        if scope.get("method") != "POST":
+        if path not in self.routes.posts:  # BentoML's pages: /metrics, /readyz, /docs.json ...
+            if method in ("GET", "HEAD"):
+                await self.app(scope, receive, send)
+            else:
+                await _send_json(send, 405, error_body(ErrorCode.METHOD_NOT_ALLOWED, f"{path} takes GET"),
+                                 {"Allow": "GET, HEAD"})
+            return
+        if method != "POST":
             await _send_json(send, 405, error_body(ErrorCode.METHOD_NOT_ALLOWED, f"{path} takes POST"),
                              {"Allow": "POST"})
             return

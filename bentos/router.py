@@ -13,11 +13,15 @@ token), ``POST /routing`` (current configuration and arms), ``GET /livez``, ``/r
 Faults: in split mode a challenger error, timeout or open circuit gives the client the champion's
 answer (counted as a fallback); in shadow mode the challenger is called after the answer is sent and
 its failures never touch the response; when the champion cannot answer the client gets a 503 with
-``Retry-After``. Requests are validated against the champion's signature before any arm is called.
+``Retry-After`` — or, in split mode with ``champion_fallback: challenger``, the challenger's answer
+(counted). Every answered row is in the prediction log's local segment before the answer is sent; if it
+cannot be written the client gets a 503 instead. Requests are validated against the champion's
+signature before any arm is called.
 
-The parts: `RoutingEngine` (below) routes, falls back, shadows and logs, for one request and for a
-batch alike, with no HTTP; `bentos.arms` holds the arm clients and their lifecycle, `bentos.feedback` the
-labels, `bentos.answers` the mapping of refusals to HTTP answers; the `Router` service only wires them.
+The parts: `RoutingEngine` (below) routes, falls back, scores off the response path and logs, for one
+request and for a batch alike, with no HTTP; `bentos.arms` holds the arm clients and their lifecycle,
+`bentos.predlog` the prediction log, `bentos.feedback` the labels, `bentos.answers` the mapping of refusals
+to HTTP answers, `bentos.edge` what BentoML answers itself; the `Router` service only wires them.
 """
 
 from __future__ import annotations

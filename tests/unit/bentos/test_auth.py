@@ -104,6 +104,8 @@ async def test_middleware_answers_before_the_app() -> None:
         assert r.status_code == 405 and r.json()["code"] == "method_not_allowed" and r.headers["allow"] == "POST"
         r = await c.get("/metrics")  # BentoML's own pages pass
         assert r.status_code == 200
+        r = await c.request("TRACE", "/metrics")  # ... with GET
+        assert r.status_code == 405 and r.json()["code"] == "method_not_allowed" and r.headers["allow"] == "GET, HEAD"
     assert denied == [("/feedback", AuthResult.MISSING), ("/feedback", AuthResult.INVALID)]
 
 
