@@ -20,7 +20,8 @@ from typing import Any, NamedTuple
 
 import aiohttp
 
-from bentos.answers import Refusal
+from bentos.answers import RateLimitedLog, Refusal
+from bentos.auth import OutgoingToken
 from bentos.messages import ModelInfo
 from bentos.metrics import Metrics
 from bentos.routing import CircuitBreaker
@@ -29,9 +30,10 @@ from kingmaker.roles import Arm
 from kingmaker.router_config import RouterConfig
 
 log = logging.getLogger(__name__)
+rate_limited = RateLimitedLog(log)
 
-UPSTREAM_OUTCOMES = ("ok", "timeout", "connect_error", "http_error", "bad_response", "circuit_open", "rejected",
-                     "shadow_skipped")
+UPSTREAM_OUTCOMES = ("ok", "timeout", "connect_error", "http_error", "auth_error", "bad_response", "circuit_open",
+                     "rejected", "shadow_skipped")
 _JSON_HEADERS = {"Content-Type": "application/json"}
 
 
@@ -73,9 +75,11 @@ class ArmClient:
     """
 
     def __init__(self, arm: Arm, url: str, metrics: Metrics, *,
-                 connector: Callable[[], aiohttp.BaseConnector] | None = None, max_connections: int = 64):
+                 connector: Callable[[], aiohttp.BaseConnector] | None = None, max_connections: int = 64,
+                 token: OutgoingToken | None = None):
         self.arm = arm
         self.url = url.rstrip("/")
+        self._token = token
         self._connector = connector or (lambda: aiohttp.TCPConnector(
             limit=max_connections, keepalive_timeout=2.0))  # below uvicorn's 5 s, so we close idle ones first
         self._session: aiohttp.ClientSession | None = None
@@ -125,11 +129,12 @@ class ArmClient:
         started = time.perf_counter()
         data = json.dumps(payload).encode()
         url = self.url + path
+        headers = {**_JSON_HEADERS, **self._token.headers()} if self._token is not None else _JSON_HEADERS
         attempt = 0
         while True:
             attempt += 1
             try:
-                async with self.session.post(url, data=data, headers=_JSON_HEADERS,
+                async with self.session.post(url, data=data, headers=headers,
                                              timeout=self._timeout(timeout_ms)) as resp:
                     status = resp.status
                     raw = await resp.read()
@@ -144,6 +149,9 @@ class ArmClient:
                 raise self._failure(guarded, "connect_error", f"{type(exc).__name__}: {exc}") from None
         if guarded:
             self._children()[1].observe(time.perf_counter() - started)
+        if status in (401, 403):  # the arm refuses the Router's own token: a configuration fault, not the client's
+            raise self._failure(guarded, "auth_error", f"HTTP {status}: the arm refuses the Router's token "
+                                "(KINGMAKER_ARM_TOKEN or _FILE must be one the Scorer accepts)")
         if status >= 500 or status in (404, 405):
             raise self._failure(guarded, "http_error", f"HTTP {status}: {raw[:200]!r}")
         try:
@@ -199,8 +207,9 @@ class ArmPool:
     """The arm clients of one Router (see the module docstring). Discovery and deferred closes run as
     background tasks of the server's event loop, from `start` on."""
 
-    def __init__(self, metrics: Metrics, champion_url: str, challenger_url: str):
+    def __init__(self, metrics: Metrics, champion_url: str, challenger_url: str, token: OutgoingToken | None = None):
         self.metrics = metrics
+        self.token = token
         self.env_urls = {Arm.CHAMPION: champion_url, Arm.CHALLENGER: challenger_url}
         self.clients: dict[Arm, ArmClient] = {}
         self.schema: FeatureSchema | None = None  # the champion's signature, once it has answered /info
@@ -229,7 +238,7 @@ class ArmPool:
                 log.info("%s arm removed (was %s)", arm, current.url if current else None)
                 del self.clients[arm]
             else:
-                self.clients[arm] = ArmClient(arm, url, self.metrics, connector=make_connector(url))
+                self.clients[arm] = ArmClient(arm, url, self.metrics, connector=make_connector(url), token=self.token)
                 if current is not None:
                     log.info("%s arm moves from %s to %s", arm, current.url, url)
                 if self._started:
@@ -269,6 +278,9 @@ class ArmPool:
             try:
                 info = await client.fetch_info()
             except (ArmFailure, ArmRejected, ValueError) as exc:
+                if isinstance(exc, ArmFailure) and exc.reason == "auth_error":
+                    rate_limited(f"discover-{arm}", "the %s arm at %s refuses the Router: %s", arm, client.url,
+                                 exc, level=logging.WARNING)
                 log.debug("waiting for the %s arm at %s: %s", arm, client.url, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -314,7 +326,9 @@ class ArmPool:
         return answers
 
     def describe(self) -> dict[str, Any]:
-        """Each arm's URL, circuit and model, for ``/routing``."""
-        return {arm.value: {"url": c.url, "circuit_open": c.breaker.is_open,
-                            "model": c.info.model_dump() if c.info else None}
+        """Each arm's circuit and model (name, version, alias; None before it has answered), for ``/routing``:
+        what a client may know, not where the arms are."""
+        return {arm.value: {"circuit_open": c.breaker.is_open,
+                            "model": c.info.model_dump(include={"model_name", "model_version", "alias"})
+                            if c.info else None}
                 for arm, c in self.clients.items()}

@@ -1,6 +1,9 @@
 """`kingmaker serve`: both arms and the Router as real ``bentoml serve`` processes, until Ctrl-C.
 
-It also follows ``$KINGMAKER_HOME/serving/arms.yaml`` (`kingmaker.arms`, written by the promotion
+It supervises them: a child that dies (a crash, the OOM killer, a SIGKILL) is restarted on its port with
+backoff (1 s, 2 s, 4 s ... 30 s; back to 1 s once it has run a minute), with a log line, while the others
+keep serving — the Router falls back to the champion while the challenger is away, and a restarted Router
+first moves the prediction-log segments its predecessor left. It also follows ``$KINGMAKER_HOME/serving/arms.yaml`` (`kingmaker.arms`, written by the promotion
 controller): when an arm's version changes, a Scorer on the new version is started, the Router is
 switched to it through the hot-reloaded ``router.yaml`` (``champion_url``/``challenger_url``), and the old
 Scorer is stopped gracefully — no request is dropped on the way.
@@ -16,6 +19,8 @@ import signal
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -68,35 +73,119 @@ def _feedback_token(home: Path) -> tuple[dict[str, str], str]:
     return {"KINGMAKER_FEEDBACK_TOKEN_FILE": str(path)}, f"in {path}"
 
 
-def _router_arm_url(router_url: str, arm: str) -> str | None:
-    req = urllib.request.Request(f"{router_url}/routing", data=b"{}", headers={"Content-Type": "application/json"})
+def _arm_token(home: Path) -> tuple[dict[str, str], str | None]:
+    """With scoring auth on (KINGMAKER_SCORING_TOKEN or _FILE), the Router needs a token of its own for its arms:
+    the caller's KINGMAKER_ARM_TOKEN(_FILE), else a generated file (mode 0600) given to all three processes."""
+    if os.environ.get("KINGMAKER_ARM_TOKEN") or os.environ.get("KINGMAKER_ARM_TOKEN_FILE"):
+        return {}, "from KINGMAKER_ARM_TOKEN(_FILE)"
+    if not (os.environ.get("KINGMAKER_SCORING_TOKEN") or os.environ.get("KINGMAKER_SCORING_TOKEN_FILE")):
+        return {}, None
+    path = home / "serving" / "arm-token"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(32) + "\n")
+    return {"KINGMAKER_ARM_TOKEN_FILE": str(path)}, f"in {path}"
+
+
+def _router_arm_version(router_url: str, arm: str) -> str | None:
+    """The model version the Router's ``arm`` answers with now (None: no such arm, or not discovered yet)."""
+    from bentos.auth import OutgoingToken
+    from kingmaker.settings import ServingSettings
+
+    settings = ServingSettings.from_env()
+    token = OutgoingToken(settings.scoring_tokens, Path(settings.scoring_token_file)
+                          if settings.scoring_token_file else None)  # /routing is protected with scoring
+    req = urllib.request.Request(f"{router_url}/routing", data=b"{}",
+                                 headers={"Content-Type": "application/json", **token.headers()})
     with urllib.request.urlopen(req, timeout=5) as resp:
-        arms = json.load(resp)["arms"]
-    entry = arms.get(arm)
-    return None if entry is None else str(entry["url"])
+        entry = json.load(resp)["arms"].get(arm)
+    return None if entry is None or entry["model"] is None else str(entry["model"]["model_version"])
+
+
+@dataclass
+class Backoff:
+    """Delays between restarts of one child: ``first_s``, doubling up to ``max_s``; back to ``first_s`` once the
+    child had run ``stable_s`` before it died."""
+
+    first_s: float = 1.0
+    max_s: float = 30.0
+    stable_s: float = 60.0
+    restarts: int = 0  # consecutive ones
+
+    def next_delay(self, ran_for_s: float) -> float:
+        if ran_for_s >= self.stable_s:
+            self.restarts = 0
+        self.restarts += 1
+        return min(self.max_s, self.first_s * 2 ** (self.restarts - 1))
+
+
+@dataclass
+class Watch:
+    """The supervisor's view of one child."""
+
+    started_at: float
+    backoff: Backoff = field(default_factory=Backoff)
+    restart_at: float | None = None  # dead, to be started then
+    coming_back: bool = False  # restarted, not ready yet
 
 
 class Supervisor:
-    """The local processes: one Scorer per arm and the Router; re-points arms on request."""
+    """The local processes: one Scorer per arm and the Router; restarts the dead ones, re-points arms on request."""
 
-    def __init__(self, host: str, model_name: str, config_path: Path, log_dir: Path, ready_timeout: float):
+    def __init__(self, host: str, model_name: str, config_path: Path, log_dir: Path, ready_timeout: float,
+                 env: dict[str, str] | None = None, clock: Callable[[], float] = time.monotonic):
         self.host = host
         self.model_name = model_name
         self.config_path = config_path
         self.log_dir = log_dir
         self.ready_timeout = ready_timeout
+        self.env = env or {}
+        self.clock = clock
         self.arms: dict[str, ServiceProcess] = {}
         self.versions: dict[str, str] = {}
         self.router: ServiceProcess | None = None
+        self.watches: dict[str, Watch] = {}  # by service name
 
     def start_arm(self, arm: str, model_uri: str, port: int) -> ServiceProcess:
         from bentos import procs
 
-        svc = procs.scorer(arm, model_uri, port, log_dir=self.log_dir)
+        svc = procs.scorer(arm, model_uri, port, env=self.env, log_dir=self.log_dir)
         svc.host = self.host
         if svc.log_path:
             svc.log_path = svc.log_path.with_name(f"{arm}-{port}.log")
-        return svc.start()
+        return self.start(svc)
+
+    def start(self, svc: ServiceProcess) -> ServiceProcess:
+        svc.start()
+        self.watches[svc.name] = Watch(self.clock())
+        return svc
+
+    def supervise(self) -> None:
+        """One look at every child: a dead one is restarted after its backoff, on its port, and said so."""
+        now = self.clock()
+        for svc in self.services():
+            watch = self.watches.setdefault(svc.name, Watch(now))
+            if svc.running():
+                svc.remember_family()
+                if watch.coming_back and svc.is_ready():
+                    watch.coming_back = False
+                    print(f"{svc.name} is back at {svc.url}", flush=True)
+                continue
+            if watch.restart_at is None:
+                code = svc.proc.returncode if svc.proc else None
+                orphans = svc.kill_family()
+                delay = watch.backoff.next_delay(now - watch.started_at)
+                watch.restart_at = now + delay
+                killed = f", {orphans} orphaned worker(s) killed" if orphans else ""
+                print(f"{svc.name} exited unexpectedly (code {code}{killed}); restarting it in {delay:.0f}s "
+                      f"(restart {watch.backoff.restarts}); last log lines:\n{svc.log_tail(10)}",
+                      file=sys.stderr, flush=True)
+            elif now >= watch.restart_at:
+                print(f"restarting {svc.name} on {svc.url}", flush=True)
+                svc.start()
+                watch.started_at, watch.restart_at, watch.coming_back = now, None, True
 
     def services(self) -> list[ServiceProcess]:
         return [*self.arms.values(), *([self.router] if self.router else [])]
@@ -127,7 +216,7 @@ class Supervisor:
             return
         _update_config(self.config_path, **{f"{arm}_url": new.url})
         try:
-            self._wait_router(arm, new.url)
+            self._wait_router(arm, version)
         except TemporaryError as exc:
             _update_config(self.config_path, **{f"{arm}_url": old.url if old else ""})
             new.stop()
@@ -139,17 +228,18 @@ class Supervisor:
             old.stop()  # SIGTERM: its in-flight requests finish first
         print(f"{arm} arm now serves v{version} at {new.url}", flush=True)
 
-    def _wait_router(self, arm: str, url: str | None, timeout: float = 15.0) -> None:
+    def _wait_router(self, arm: str, version: str | None, timeout: float = 15.0) -> None:
+        """Until the Router's ``arm`` answers with ``version`` (None: until it has no such arm)."""
         assert self.router is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                if _router_arm_url(self.router.url, arm) == url:
+                if _router_arm_version(self.router.url, arm) == version:
                     return
             except OSError:
                 pass
             time.sleep(0.2)
-        raise TemporaryError(f"the Router did not switch its {arm} arm to {url} within {timeout:.0f}s")
+        raise TemporaryError(f"the Router did not switch its {arm} arm to {version or 'none'} within {timeout:.0f}s")
 
     def follow(self, arms_path: Path, seen: int) -> int:
         """Apply a new generation of the arms file; returns the generation now applied."""
@@ -209,6 +299,7 @@ def run(args: argparse.Namespace) -> int:
                                  ("routing_field", args.routing_field), ("salt", args.salt)) if v is not None}
     _update_config(config_path, **changes)
     token_env, token_where = _feedback_token(home)
+    arm_env, arm_where = _arm_token(home)
     log_dir = serving_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
 
@@ -217,7 +308,7 @@ def run(args: argparse.Namespace) -> int:
             return value
         return procs.free_port(args.host) if value == 0 or args.port == 0 else args.port + offset
 
-    sup = Supervisor(args.host, mlflow.model_name, config_path, log_dir, args.ready_timeout)
+    sup = Supervisor(args.host, mlflow.model_name, config_path, log_dir, args.ready_timeout, env=arm_env)
     stopping = False
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -237,9 +328,9 @@ def run(args: argparse.Namespace) -> int:
                        challenger_url=sup.arms["challenger"].url if "challenger" in sup.arms else "")
         sup.router = procs.router(router_port, sup.arms["champion"].url,
                                   sup.arms["challenger"].url if "challenger" in sup.arms else "",
-                                  config=config_path, env=token_env, log_dir=log_dir)
+                                  config=config_path, env={**token_env, **arm_env}, log_dir=log_dir)
         sup.router.host = args.host
-        sup.router.start()
+        sup.start(sup.router)
         for s in sup.services():
             s.wait_ready(args.ready_timeout)
         print(f"\nkingmaker serving (logs in {log_dir}):")
@@ -249,15 +340,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"  config      {config_path}  (hot-reloaded)")
         print(f"  arms        {arms_path}  (followed: the promotion controller re-points arms here)")
         print(f"  feedback    bearer token {token_where}")
+        if arm_where:
+            print(f"  arm token   scoring auth is on: the Router's own token to its arms {arm_where}")
         print(f"\ntry: curl -s -XPOST {sup.router.url}/predict -H 'content-type: application/json' "
               f"-d '{{\"features\": {{...}}, \"ids\": {{\"customer_id\": \"c1\"}}}}'")
         print("Ctrl-C stops everything.", flush=True)
         seen = pinned.generation
         while not stopping:
-            dead = [s for s in sup.services() if not s.running()]
-            if dead:
-                print(f"{dead[0].name} exited unexpectedly; last log lines:\n{dead[0].log_tail()}", file=sys.stderr)
-                return 1
+            sup.supervise()
             try:
                 seen = sup.follow(arms_path, seen)
             except (PermanentError, TemporaryError) as exc:

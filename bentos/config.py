@@ -47,6 +47,13 @@ class ConfigWatcher:
             return None
         return (st.st_ino, st.st_size, st.st_mtime_ns)
 
+    @property
+    def public_error(self) -> str | None:
+        """`last_error` as a client may see it (``/routing``): the file's name, not its path."""
+        if self.last_error is None or self.path is None:
+            return self.last_error
+        return self.last_error.replace(str(self.path), self.path.name)
+
     def current(self) -> RouterConfig:
         if self.path is not None and self._clock() >= self._next_check:
             self.check()

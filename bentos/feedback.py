@@ -11,30 +11,37 @@ runs in a worker thread.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Collection, Sequence
 from datetime import timedelta
-from typing import Any
 
 import anyio.to_thread
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from bentos.messages import FeedbackResult, Label
+from bentos.answers import RateLimitedLog, Unavailable
+from bentos.messages import ErrorCode, FeedbackResult, Label
 from bentos.metrics import Metrics
 from bentos.validation import check_batch_size
 from kingmaker import logs
 
-MAX_UNKNOWN_LISTED = 100
+MAX_LISTED = 100  # ids listed in an answer, at most
+
+log = logging.getLogger(__name__)
+rate_limited = RateLimitedLog(log)
 
 _PARTITIONING = ds.partitioning(pa.schema([(logs.PARTITION, pa.string())]), flavor="hive")
 
 
 def _dataset(url: str) -> ds.Dataset | None:
+    """The dataset at ``url``, None while it has no file (a folder whose only write failed has none, and its
+    schema would then lack every column asked for)."""
     fs, root = logs.filesystem(url)  # no stale listing: other processes add files
     if not fs.exists(root):
         return None
-    return ds.dataset(root, filesystem=fs, format="parquet", partitioning=_PARTITIONING,
+    data = ds.dataset(root, filesystem=fs, format="parquet", partitioning=_PARTITIONING,
                       exclude_invalid_files=True, ignore_prefixes=[".", "_"])
+    return data if data.files else None
 
 
 class FeedbackStore:
@@ -74,40 +81,62 @@ class FeedbackStore:
 
 
 class Feedback:
-    """The ``/feedback`` logic over a `FeedbackStore`; ``pending(key)`` gives the values of ``key`` in the
-    prediction rows not yet written (the Router's log buffer)."""
+    """The ``/feedback`` logic over a `FeedbackStore`; ``pending()`` gives the request ids of the prediction
+    rows not yet in the dataset (the Router's log segments)."""
 
-    def __init__(self, store: FeedbackStore, pending: Callable[[str], set[Any]], metrics: Metrics, max_labels: int):
+    def __init__(self, store: FeedbackStore, pending: Callable[[], set[str]], metrics: Metrics, max_labels: int):
         self.store = store
         self.pending = pending
         self.max_labels = max_labels
         self._lock = asyncio.Lock()
         self._labels = metrics.counter("kingmaker_feedback_labels")
-        for outcome in ("written", "duplicate", "updated"):  # start at 0: the first label counts as an increase
+        for outcome in ("written", "duplicate", "updated", "superseded"):  # start at 0: the first counts as an increase
             self._labels.labels(outcome=outcome)
         self._unknown = metrics.counter("kingmaker_feedback_unknown_ids")
 
     async def record(self, items: Sequence[Label]) -> FeedbackResult:
+        """Record one request's labels. Within it the last label per request id is the one kept: an earlier,
+        different label for the same id is *superseded* (reported with its id), an earlier identical one is a
+        duplicate. The kept label is written unless it equals the one already recorded (a duplicate too).
+        A label log that cannot be read or written is a 503 (`Unavailable`): nothing half-done stays behind."""
         check_batch_size(len(items), self.max_labels, ("labels",))
         latest: dict[str, int] = {}
-        for item in items:  # within one request the last label for an id wins
+        for item in items:
             latest[item.request_id] = item.label
+        seen: set[tuple[str, int]] = set()
+        superseded: list[str] = []
+        repeats = 0
+        for item in reversed(items):  # the last label of an id is kept; earlier ones are repeats or superseded
+            key = (item.request_id, item.label)
+            if key in seen:
+                repeats += 1
+            else:
+                if latest[item.request_id] != item.label:
+                    superseded.append(item.request_id)
+                seen.add(key)
         ids = list(latest)
         store = self.store
-        async with self._lock:  # one writer per process: no duplicate rows from concurrent retries
-            pending = self.pending("request_id")
-            unknown_candidates = [i for i in ids if i not in pending]
-            known = await anyio.to_thread.run_sync(store.known_ids, unknown_candidates)
-            existing = await anyio.to_thread.run_sync(store.latest_labels, ids)
-            to_write = [(rid, lab) for rid, lab in latest.items() if existing.get(rid) != lab]
-            updated = sum(1 for rid, _ in to_write if rid in existing)
-            written = await anyio.to_thread.run_sync(store.append, to_write)
+        try:
+            async with self._lock:  # one writer per process: no duplicate rows from concurrent retries
+                pending = self.pending()
+                unknown_candidates = [i for i in ids if i not in pending]
+                known = await anyio.to_thread.run_sync(store.known_ids, unknown_candidates)
+                existing = await anyio.to_thread.run_sync(store.latest_labels, ids)
+                to_write = [(rid, lab) for rid, lab in latest.items() if existing.get(rid) != lab]
+                updated = sum(1 for rid, _ in to_write if rid in existing)
+                written = await anyio.to_thread.run_sync(store.append, to_write)
+        except (OSError, pa.ArrowException) as exc:
+            rate_limited("labels", "/feedback: the label log is unavailable: %s", exc, level=logging.ERROR)
+            raise Unavailable(ErrorCode.LABEL_STORE_UNAVAILABLE, "the label log cannot be read or written right "
+                              "now; nothing was recorded, retry later", None, reason="label_store") from exc
         unknown = [i for i in unknown_candidates if i not in known]
-        duplicates = len(items) - written
-        for outcome, n in (("written", written - updated), ("updated", updated), ("duplicate", duplicates)):
+        duplicates = len(items) - written - len(superseded)
+        for outcome, n in (("written", written - updated), ("updated", updated), ("duplicate", duplicates),
+                           ("superseded", len(superseded))):
             if n:
                 self._labels.labels(outcome=outcome).inc(n)
         if unknown:
             self._unknown.inc(len(unknown))
         return FeedbackResult(received=len(items), written=written, duplicates=duplicates, updated=updated,
-                              unknown=len(unknown), unknown_ids=unknown[:MAX_UNKNOWN_LISTED])
+                              superseded=len(superseded), superseded_ids=superseded[::-1][:MAX_LISTED],
+                              unknown=len(unknown), unknown_ids=unknown[:MAX_LISTED])

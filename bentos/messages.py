@@ -7,12 +7,18 @@ problem is reported with the feature's name whatever the model.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
-RequestId = Annotated[str, Field(min_length=1, max_length=128, description="client id of the request, e.g. "
-                                 "the transaction id; generated when absent. /feedback labels refer to it")]
+#: What a request id may hold: it is copied into the ``X-Request-ID`` header (Latin-1 only, no control
+#: characters), so it is 1-128 visible ASCII characters: letters, digits and punctuation, no spaces.
+REQUEST_ID_PATTERN = r"^[!-~]{1,128}$"
+REQUEST_ID_RULE = "1-128 visible ASCII characters (letters, digits, punctuation; no spaces, no control characters)"
+RequestId = Annotated[str, Field(min_length=1, max_length=128, pattern=REQUEST_ID_PATTERN,
+                                 description=f"client id of the request, e.g. the transaction id: {REQUEST_ID_RULE}; "
+                                 "generated when absent. /feedback labels refer to it")]
 Features = Annotated[dict[str, Any], Field(description="feature name -> number, exactly the columns of the "
                                            "model signature (see the Scorer's /info)")]
 
@@ -23,6 +29,25 @@ HEADER_MODEL_NAME = "X-Model-Name"
 HEADER_MODEL_VERSION = "X-Model-Version"
 HEADER_MODE = "X-Kingmaker-Mode"
 HEADER_FALLBACK = "X-Kingmaker-Fallback"
+
+
+class ErrorCode(StrEnum):
+    """The stable ``code`` of every error answer (``{"code": ..., "error": <message>, ...}``): clients branch on
+    the code; the message is for people and may change. Details of server-side failures go to the log only."""
+
+    INVALID_REQUEST = "invalid_request"                # 400: the body or a header is wrong; ``detail`` names fields
+    UNAUTHORIZED = "unauthorized"                      # 401: missing or invalid bearer token
+    NOT_FOUND = "not_found"                            # 404: no such path
+    METHOD_NOT_ALLOWED = "method_not_allowed"          # 405: the endpoints take POST
+    TOO_LARGE = "too_large"                            # 413: body or batch over the limit
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"  # 415: send Content-Type: application/json
+    INTERNAL = "internal"                              # 500: a bug; the log has the traceback
+    NOT_READY = "not_ready"                            # 503: starting, or the champion has not answered yet
+    CHAMPION_UNAVAILABLE = "champion_unavailable"      # 503: the champion cannot answer now; retry
+    PREDICTION_LOG_UNAVAILABLE = "prediction_log_unavailable"  # 503: the answer could not be logged, so none is given
+    LABEL_STORE_UNAVAILABLE = "label_store_unavailable"  # 503: /feedback could not read or write the label log
+    DISABLED = "disabled"                              # 503: /feedback without configured tokens
+    TIMEOUT = "timeout"                                # 504: the request took longer than the server's timeout
 
 
 class _Strict(BaseModel):
@@ -144,9 +169,15 @@ class FeedbackRequest(_Strict):
 
 
 class FeedbackResult(BaseModel):
+    """What happened to each label received: received = written + duplicates + superseded."""
+
     received: int
     written: int = Field(description="labels appended to the label log (new or changed)")
-    duplicates: int = Field(description="labels identical to the one already recorded: nothing written")
-    updated: int = Field(description="labels that replace a different earlier label for the same id")
+    duplicates: int = Field(description="labels identical to the one already recorded, or repeated identically in "
+                            "this request: nothing written")
+    updated: int = Field(description="of the written, labels that replace a different earlier label for the same id")
+    superseded: int = Field(0, description="labels followed by a different label for the same id in this request: "
+                            "the last label of an id in a request is the one kept")
+    superseded_ids: list[str] = Field(default_factory=list, description="up to 100 ids of superseded labels")
     unknown: int = Field(description="labels whose request id is not in the prediction log (still recorded)")
     unknown_ids: list[str] = Field(description="up to 100 of the unknown ids")

@@ -21,6 +21,7 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kingmaker.errors import PermanentError, TemporaryError
 
@@ -65,6 +66,7 @@ class ServiceProcess:
     working_dir: Path = ROOT
     proc: subprocess.Popen[bytes] | None = None
     home: Path | None = None  # this process's BENTOML_HOME (`process_home`), removed once it has stopped
+    family: list[Any] = field(default_factory=list)  # psutil.Process of the server and its workers, last seen
 
     @property
     def url(self) -> str:
@@ -92,6 +94,32 @@ class ServiceProcess:
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def remember_family(self) -> None:
+        """Note the server's worker processes (circus starts each in its own session): if the server dies, its
+        workers are orphans that still hold the port, and `kill_family` can find them."""
+        import psutil
+
+        if not self.running():
+            return
+        try:
+            parent = psutil.Process(self.pid)
+            self.family = [parent, *parent.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+
+    def kill_family(self) -> int:
+        """SIGKILL the server and its workers as last seen by `remember_family` (after the server died: the
+        orphaned workers still holding its port). Returns how many were still alive."""
+        import psutil
+
+        alive = [p for p in self.family if p.is_running()]  # is_running also checks the start time: no pid reuse
+        for p in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        psutil.wait_procs(alive, timeout=10)
+        self.family = []
+        return len(alive)
 
     def log_tail(self, lines: int = 30) -> str:
         if not self.log_path or not self.log_path.exists():
@@ -143,17 +171,8 @@ class ServiceProcess:
         worker in its own session, so killing the process group would leave the workers serving.)"""
         if self.proc is None:
             return
-        import psutil
-
-        try:
-            parent = psutil.Process(self.pid)
-            family = [parent, *parent.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            family = []
-        for p in family:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.kill()
-        psutil.wait_procs(family, timeout=10)
+        self.remember_family()
+        self.kill_family()
         self.proc.wait()
         self._remove_home()
 

@@ -13,11 +13,15 @@ token), ``POST /routing`` (current configuration and arms), ``GET /livez``, ``/r
 Faults: in split mode a challenger error, timeout or open circuit gives the client the champion's
 answer (counted as a fallback); in shadow mode the challenger is called after the answer is sent and
 its failures never touch the response; when the champion cannot answer the client gets a 503 with
-``Retry-After``. Requests are validated against the champion's signature before any arm is called.
+``Retry-After`` — or, in split mode with ``champion_fallback: challenger``, the challenger's answer
+(counted). Every answered row is in the prediction log's local segment before the answer is sent; if it
+cannot be written the client gets a 503 instead. Requests are validated against the champion's
+signature before any arm is called.
 
-The parts: `RoutingEngine` (below) routes, falls back, shadows and logs, for one request and for a
-batch alike, with no HTTP; `bentos.arms` holds the arm clients and their lifecycle, `bentos.feedback` the
-labels, `bentos.answers` the mapping of refusals to HTTP answers; the `Router` service only wires them.
+The parts: `RoutingEngine` (below) routes, falls back, scores off the response path and logs, for one
+request and for a batch alike, with no HTTP; `bentos.arms` holds the arm clients and their lifecycle,
+`bentos.predlog` the prediction log, `bentos.feedback` the labels, `bentos.answers` the mapping of refusals
+to HTTP answers, `bentos.edge` what BentoML answers itself; the `Router` service only wires them.
 """
 
 from __future__ import annotations
@@ -34,8 +38,8 @@ from typing import Any
 import anyio.to_thread
 import bentoml
 
-from bentos import auth
-from bentos.answers import RETRY_AFTER_S, Unavailable, answers_refusals
+from bentos import auth, edge
+from bentos.answers import RateLimitedLog, Unavailable, answers_refusals
 from bentos.arms import UPSTREAM_OUTCOMES, ArmAnswer, ArmFailure, ArmPool, ArmRejected
 from bentos.config import ConfigWatcher
 from bentos.feedback import Feedback, FeedbackStore
@@ -48,6 +52,7 @@ from bentos.messages import (
     HEADER_MODEL_VERSION,
     HEADER_REQUEST_ID,
     Empty,
+    ErrorCode,
     FeedbackRequest,
     FeedbackResult,
     PredictBatchRequest,
@@ -56,16 +61,18 @@ from bentos.messages import (
     PredictRequest,
 )
 from bentos.metrics import ROUTER_SPECS, Metrics
-from bentos.predlog import BufferedLog, router_log
+from bentos.predlog import LogUnavailable, SegmentLog, router_log
 from bentos.routing import choose_arm, routing_key
 from bentos.validation import FeatureSchema, InvalidRequest, Problem, check_batch_size, row_problems
 from kingmaker import logs
 from kingmaker.roles import Arm, Mode
-from kingmaker.router_config import RouterConfig
-from kingmaker.settings import LogSettings, ServingSettings
+from kingmaker.router_config import ChampionFallback, RouterConfig
+from kingmaker.settings import LogSettings, ServingSettings, default_home
 
 log = logging.getLogger(__name__)
+rate_limited = RateLimitedLog(log)
 fix_bentoml_request_timers()  # see its docstring: without it p99 latency has 300-500 ms GC spikes
+edge.install()  # bounded path labels, error answers of our shape, client errors logged in one line
 
 Features = Mapping[str, Any]
 Served = tuple[Arm, ArmAnswer, float, bool]  # per row: the arm that answered, its answer, call ms, fell back
@@ -80,12 +87,14 @@ class RoutingEngine:
 
     One core (`_route`) serves a single request and a batch: rows are grouped by the arm `choose_arm`
     gives their routing key, each group is scored in one call (both arms at once), the challenger's rows
-    go to the champion if it fails, and in shadow mode the challenger scores the same rows off the
-    response path. Refusals are raised: `InvalidRequest`, `ArmRejected` (the champion refused the
-    input), `Unavailable` (not ready, or the champion cannot answer).
+    go to the champion if it fails (and, with ``champion_fallback: challenger``, the champion's rows to the
+    challenger if the champion fails), every answered row is in the prediction log's segment before the
+    answer is returned, and in shadow mode the challenger scores the same rows off the response path
+    (`score_off_path`). Refusals are raised: `InvalidRequest`, `ArmRejected` (the champion refused the
+    input), `Unavailable` (not ready, the champion cannot answer, the answer could not be logged).
     """
 
-    def __init__(self, pool: ArmPool, config: ConfigWatcher, predictions: BufferedLog, metrics: Metrics,
+    def __init__(self, pool: ArmPool, config: ConfigWatcher, predictions: SegmentLog, metrics: Metrics,
                  max_batch_rows: int):
         self.pool = pool
         self.config = config
@@ -95,21 +104,26 @@ class RoutingEngine:
         self._latency = metrics.histogram("kingmaker_router_request_duration_seconds")
         self._routed = metrics.counter("kingmaker_router_routed")
         self._fallbacks = metrics.counter("kingmaker_router_fallbacks")
+        self._champion_fallbacks = metrics.counter("kingmaker_router_champion_fallbacks")
         self._unavailable = metrics.counter("kingmaker_router_unavailable")
         # every reason of these closed sets starts at 0: dashboards show 0 rather than no data, and the first
         # fallback or 503 counts as an increase
         failures = [o for o in UPSTREAM_OUTCOMES if o not in ("ok", "shadow_skipped", "rejected")]
         for reason in (*failures, "rejected"):
             self._fallbacks.labels(reason=reason)
-        for reason in (*failures, "not_ready"):
+        for reason in failures:
+            self._champion_fallbacks.labels(reason=reason)
+        for reason in (*failures, "not_ready", "log_unavailable"):
             self._unavailable.labels(reason=reason)
-        self._shadow_tasks: set[asyncio.Task[None]] = set()
+        self.champion_fallbacks = 0  # rows the challenger answered for a failed champion, since start (/routing)
+        self._off_path: set[asyncio.Task[None]] = set()
 
     def _schema(self, request_id: str | None) -> FeatureSchema:
         schema = self.pool.schema
         if schema is None:
             self._unavailable.labels(reason="not_ready").inc()
-            raise Unavailable("not_ready", "router is not ready: the champion arm has not answered yet", request_id)
+            raise Unavailable(ErrorCode.NOT_READY, "router is not ready: the champion arm has not answered yet",
+                              request_id, reason="not_ready")
         return schema
 
     async def predict(self, request: PredictRequest, request_id: str) -> Prediction:
@@ -154,27 +168,39 @@ class RoutingEngine:
         features = [r.features for r in rows]
         served = await self._score(groups, features, ids, cfg, single)
         done = time.perf_counter()
+        self._log([logs.prediction_row(
+            request_id=ids[i], ts=ts, routing_key=keys[i], arm=arm, served=True, mode=mode,
+            model_name=answer.model_name, model_version=answer.model_version, score=answer.score,
+            decision=answer.decision, threshold=answer.threshold, latency_ms=latency_ms, features=features[i])
+            for i, (arm, answer, latency_ms, _) in enumerate(served)], ids[0] if single else None)
         out: list[Prediction] = []
-        for i, (arm, answer, latency_ms, fallback) in enumerate(served):
-            self.predictions.add_one(logs.prediction_row(
-                request_id=ids[i], ts=ts, routing_key=keys[i], arm=arm, served=True, mode=mode,
-                model_name=answer.model_name, model_version=answer.model_version, score=answer.score,
-                decision=answer.decision, threshold=answer.threshold, latency_ms=latency_ms, features=features[i]))
+        for i, (arm, answer, _, fallback) in enumerate(served):
             self._requests.labels(arm=arm.value, model_version=answer.model_version, mode=mode.value, code="200").inc()
             out.append(Prediction.model_construct(
                 request_id=ids[i], arm=arm.value, model_name=answer.model_name, model_version=answer.model_version,
                 score=answer.score, decision=answer.decision, threshold=answer.threshold, mode=mode.value,
                 fallback=fallback))
         if mode is Mode.SHADOW and has_challenger:
-            self._shadow(cfg, features, ids, keys, ts, single)
+            self.score_off_path(Arm.CHALLENGER, cfg, features, ids, keys, ts, single)
         if single:
             self._latency.labels(arm=out[0].arm, model_version=out[0].model_version, mode=mode.value).observe(
                 done - started)
         return out
 
+    def _log(self, rows: list[dict[str, Any]], request_id: str | None) -> None:
+        """Every answered row goes to the log's segment before the answer is returned: if it cannot, no answer."""
+        try:
+            self.predictions.add(rows)
+        except LogUnavailable as exc:
+            self._unavailable.labels(reason="log_unavailable").inc()
+            rate_limited("log_unavailable", "answering 503: %s", exc, level=logging.ERROR)
+            raise Unavailable(ErrorCode.PREDICTION_LOG_UNAVAILABLE, "the prediction could not be logged, so it is "
+                              "not given; retry later", request_id, reason="log_unavailable") from exc
+
     async def _score(self, groups: Mapping[Arm, list[int]], features: Sequence[Features], ids: Sequence[str],
                      cfg: RouterConfig, single: bool) -> list[Served]:
-        """Score each group on its arm; the challenger's rows on the champion when the challenger fails."""
+        """Score each group on its arm; the challenger's rows on the champion when the challenger fails, and the
+        champion's on the challenger when the champion fails and ``champion_fallback`` says so (split mode)."""
         served: list[Served | None] = [None] * len(ids)
 
         async def call(arm: Arm, idx: list[int]) -> tuple[list[ArmAnswer], float]:
@@ -206,46 +232,66 @@ class RoutingEngine:
             if fallback:
                 keep(Arm.CHAMPION, fallback, await call(Arm.CHAMPION, fallback), True)
         except ArmFailure as exc:
-            self._unavailable.labels(reason=exc.reason).inc()
-            self._requests.labels(arm=Arm.CHAMPION.value, model_version="", mode=cfg.mode.value, code="503").inc()
-            raise Unavailable(exc.reason, f"the champion cannot answer right now ({exc}); retry later",
-                              ids[0] if single else None, retry_after_s=RETRY_AFTER_S) from exc
+            unserved = [i for i in (*champion, *fallback) if served[i] is None]
+            if not (cfg.champion_fallback is ChampionFallback.CHALLENGER and cfg.mode is Mode.SPLIT and not fallback
+                    and Arm.CHALLENGER in self.pool.clients):
+                raise self._champion_down(exc, cfg, ids[0] if single else None, "") from exc
+            try:
+                keep(Arm.CHALLENGER, unserved, await call(Arm.CHALLENGER, unserved), True)
+            except (ArmFailure, ArmRejected) as last:
+                raise self._champion_down(exc, cfg, ids[0] if single else None,
+                                          f"; the challenger could not stand in: {last}") from exc
+            self._champion_fallbacks.labels(reason=exc.reason).inc(len(unserved))
+            self.champion_fallbacks += len(unserved)
+            rate_limited("champion-fallback", "the challenger answered %d row(s) for the champion: %s", len(unserved),
+                         exc, level=logging.WARNING)
         result = [s for s in served if s is not None]
         assert len(result) == len(served), "every row is answered or the call raised"
         return result
 
-    def _shadow(self, cfg: RouterConfig, features: Sequence[Features], ids: Sequence[str], keys: Sequence[str],
-                ts: datetime, single: bool) -> None:
-        """Score the same rows on the challenger off the response path; log them as not served."""
-        client = self.pool.clients.get(Arm.CHALLENGER)
+    def _champion_down(self, exc: ArmFailure, cfg: RouterConfig, request_id: str | None, more: str) -> Unavailable:
+        """The 503 for a champion that cannot answer: counted; the detail goes to the log, not to the client."""
+        self._unavailable.labels(reason=exc.reason).inc()
+        self._requests.labels(arm=Arm.CHAMPION.value, model_version="", mode=cfg.mode.value, code="503").inc()
+        rate_limited(f"champion-{exc.reason}", "answering 503: %s%s", exc, more, level=logging.WARNING)
+        return Unavailable(ErrorCode.CHAMPION_UNAVAILABLE, "the champion cannot answer right now; retry later",
+                           request_id, reason=exc.reason)
+
+    def score_off_path(self, arm: Arm, cfg: RouterConfig, features: Sequence[Features], ids: Sequence[str],
+                       keys: Sequence[str], ts: datetime, single: bool) -> None:
+        """Score the same rows on ``arm`` off the response path (a task; at most ``shadow_max_in_flight`` at a
+        time, more are skipped and counted) and log them as not served. Shadow mode uses it for the challenger."""
+        client = self.pool.clients.get(arm)
         if client is None:  # removed by a configuration change meanwhile
             return
-        if len(self._shadow_tasks) >= cfg.shadow_max_in_flight:
+        if len(self._off_path) >= cfg.shadow_max_in_flight:
             client.count("shadow_skipped")
             return
 
         async def run() -> None:
             started = time.perf_counter()
             try:
-                answers = await self.pool.score(Arm.CHALLENGER, features, ids, cfg.shadow_timeout_ms, single=single)
+                answers = await self.pool.score(arm, features, ids, cfg.shadow_timeout_ms, single=single)
             except (ArmFailure, ArmRejected) as exc:
-                log.debug("shadow call failed: %s", exc)
+                log.debug("off-path call to the %s failed: %s", arm, exc)
                 return
             latency_ms = (time.perf_counter() - started) * 1000.0
-            for i, a in enumerate(answers):
-                self.predictions.add_one(logs.prediction_row(
-                    request_id=ids[i], ts=ts, routing_key=keys[i], arm=Arm.CHALLENGER, served=False, mode=Mode.SHADOW,
+            try:
+                self.predictions.add([logs.prediction_row(
+                    request_id=ids[i], ts=ts, routing_key=keys[i], arm=arm, served=False, mode=cfg.mode,
                     model_name=a.model_name, model_version=a.model_version, score=a.score, decision=a.decision,
-                    threshold=a.threshold, latency_ms=latency_ms, features=features[i]))
+                    threshold=a.threshold, latency_ms=latency_ms, features=features[i]) for i, a in enumerate(answers)])
+            except LogUnavailable as exc:
+                rate_limited("off-path-log", "off-path rows of the %s not logged: %s", arm, exc, level=logging.ERROR)
 
         task = asyncio.create_task(run())
-        self._shadow_tasks.add(task)
-        task.add_done_callback(self._shadow_tasks.discard)
+        self._off_path.add(task)
+        task.add_done_callback(self._off_path.discard)
 
-    async def finish_shadows(self, timeout_s: float) -> None:
-        """Wait (at most ``timeout_s``) for the shadow calls in flight, so their rows are logged."""
-        if self._shadow_tasks:
-            await asyncio.wait(set(self._shadow_tasks), timeout=timeout_s)
+    async def finish_off_path(self, timeout_s: float) -> None:
+        """Wait (at most ``timeout_s``) for the off-path calls in flight, so their rows are logged."""
+        if self._off_path:
+            await asyncio.wait(set(self._off_path), timeout=timeout_s)
 
 
 def _guard(settings: ServingSettings, metrics: Metrics) -> auth.Guard:
@@ -281,23 +327,31 @@ class Router:
         log_settings = LogSettings.from_env()
         self.settings = settings
         self.metrics = Metrics(ROUTER_SPECS)
-        self.arms = ArmPool(self.metrics, settings.champion_url, settings.challenger_url)
+        token = auth.OutgoingToken(settings.arm_tokens, Path(settings.arm_token_file) if settings.arm_token_file
+                                   else None)
+        self.arms = ArmPool(self.metrics, settings.champion_url, settings.challenger_url, token)
         self.config = ConfigWatcher(Path(settings.router_config) if settings.router_config else None,
                                     on_reload=self._on_reload)
         self._on_reload("ok", self.config.current())
-        self.predictions = router_log(log_settings.predictions_url, settings, self.metrics)
+        segments = Path(settings.log_segment_dir) if settings.log_segment_dir else default_home() / "serving" / "segments"
+        self.predictions = router_log(log_settings.predictions_url, settings, segments, self.metrics)
         self.engine = RoutingEngine(self.arms, self.config, self.predictions, self.metrics, settings.max_batch_rows)
         self.labels = Feedback(FeedbackStore(log_settings.predictions_url, log_settings.labels_url,
                                              settings.feedback_lookup_days),
-                               self.predictions.pending_values, self.metrics, settings.max_batch_rows)
+                               self.predictions.pending_ids, self.metrics, settings.max_batch_rows)
         self.drain = Drain(settings.drain_seconds)
         _guard_slot.guard = _guard(settings, self.metrics)
 
     def _on_reload(self, outcome: str, cfg: RouterConfig) -> None:
         self.metrics.counter("kingmaker_router_config_reloads").labels(outcome=outcome).inc()
-        self.metrics.gauge("kingmaker_router_challenger_weight").set(cfg.challenger_weight)
+        self._set_gauges(cfg)
         if outcome == "ok":
             self.arms.apply(cfg)
+
+    def _set_gauges(self, cfg: RouterConfig) -> None:
+        self.metrics.gauge("kingmaker_router_challenger_weight").set(cfg.challenger_weight)
+        self.metrics.gauge("kingmaker_router_champion_fallback_enabled").set(
+            cfg.champion_fallback is ChampionFallback.CHALLENGER)
 
     # --- lifecycle ------------------------------------------------------------------------------
     @bentoml.on_startup
@@ -310,14 +364,14 @@ class Router:
         return self.arms.schema is not None and not self.drain.draining
 
     def __metrics__(self, content: str) -> str:
-        self.metrics.gauge("kingmaker_router_challenger_weight").set(self.config.current().challenger_weight)
+        self._set_gauges(self.config.current())
         self.metrics.gauge("kingmaker_prediction_log_lag_seconds").set(self.predictions.lag_seconds)
         return content + self.metrics.exposition()
 
     @bentoml.on_shutdown
     async def _stop(self) -> None:
-        """After the server has finished in-flight requests: wait for shadow calls, then flush the log."""
-        await self.engine.finish_shadows(self.config.current().shadow_timeout_ms * 2 / 1000.0 + 2.0)
+        """After the server has finished in-flight requests: wait for off-path calls, then flush the log."""
+        await self.engine.finish_off_path(self.config.current().shadow_timeout_ms * 2 / 1000.0 + 2.0)
         await self.arms.aclose()
         pending = self.predictions.pending
         await anyio.to_thread.run_sync(self.predictions.close)
@@ -358,9 +412,13 @@ class Router:
 
     @bentoml.api(route="/routing")
     async def routing(self, _: Empty, /) -> dict[str, Any]:
-        """The traffic configuration in force and what each arm serves."""
-        return {"config": self.config.current().as_dict(), "config_file": self.settings.router_config or None,
-                "config_error": self.config.last_error, "arms": self.arms.describe()}
+        """The traffic configuration in force, why the last change of the file was refused (if it was), what
+        each arm serves and how many rows the challenger answered for a failed champion. No internals: arm
+        URLs, run ids and file paths are in the configuration and the log, not here."""
+        cfg = self.config.current().as_dict()
+        return {"config": {k: v for k, v in cfg.items() if k not in ("champion_url", "challenger_url")},
+                "config_error": self.config.public_error, "arms": self.arms.describe(),
+                "champion_fallbacks": self.engine.champion_fallbacks}
 
 
 auth.protect(Router, _guard_slot)

@@ -11,7 +11,6 @@ Pure functions over plain values, NumPy and Arrow tables; the services turn `Inv
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,13 +19,18 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
+from bentos.messages import ErrorCode
+
 #: MLflow column types we can score, and what a JSON value of that type may be.
 FLOAT_TYPES = frozenset({"double", "float"})
 INT_TYPES = frozenset({"long", "integer"})
 BOOL_TYPES = frozenset({"boolean"})
 SUPPORTED_TYPES = FLOAT_TYPES | INT_TYPES | BOOL_TYPES
 MAX_PROBLEMS = 20  # an answer lists at most this many problems
-_FLOAT_MAX = int(sys.float_info.max)  # JSON integers beyond this do not fit a double
+#: The largest magnitude a feature value may have, on every path (JSON and Arrow): the models compute in
+#: 32-bit floats (XGBoost always), so a finite double beyond this would silently become infinity.
+MAX_ABS = float(np.finfo(np.float32).max)
+RANGE_MSG = "must be a finite number within ±3.4e38 (the models compute in 32-bit floats)"
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,8 @@ class InvalidRequest(Exception):
         super().__init__(f"{where}: {first.msg}{more}")
 
     def body(self) -> dict[str, Any]:
-        return {"error": f"invalid request: {self}", "detail": [p.as_dict() for p in self.problems]}
+        code = ErrorCode.TOO_LARGE if self.status == 413 else ErrorCode.INVALID_REQUEST
+        return {"code": code.value, "error": f"invalid request: {self}", "detail": [p.as_dict() for p in self.problems]}
 
 
 @dataclass(frozen=True)
@@ -84,21 +89,24 @@ def _type_name(value: object) -> str:
     return {bool: "boolean", str: "string", dict: "object", list: "array"}.get(type(value), type(value).__name__)
 
 
+def _number_text(value: float) -> str:
+    """A number as the client can recognise it, at most ~30 characters (JSON allows 10^4000-digit integers)."""
+    if type(value) is int and abs(value) > 10**20:
+        return f"an integer of {len(str(abs(value)))} digits"
+    return repr(value)
+
+
 def _check_value(value: object, kind: str, loc: tuple[str | int, ...], out: list[Problem]) -> None:
     if kind in FLOAT_TYPES:
-        if type(value) is float:
-            if not math.isfinite(value):
-                out.append(Problem(loc, f"must be a finite number, got {value}", "finite_number"))
-            return
-        if type(value) is int:
-            if -_FLOAT_MAX <= value <= _FLOAT_MAX:
-                return
-            out.append(Problem(loc, "must be a finite number, got an integer too large for a double", "finite_number"))
+        if type(value) is float or type(value) is int:
+            if not -MAX_ABS <= value <= MAX_ABS:  # also False for NaN
+                out.append(Problem(loc, f"{RANGE_MSG}, got {_number_text(value)}", "finite_number"))
             return
         out.append(Problem(loc, f"must be a number, got {_type_name(value)}", "number_type"))
     elif kind in INT_TYPES:
-        if (type(value) is int and -_FLOAT_MAX <= value <= _FLOAT_MAX) or (
-                type(value) is float and math.isfinite(value) and float(value).is_integer()):
+        if type(value) is int or (type(value) is float and math.isfinite(value) and value.is_integer()):
+            if not -MAX_ABS <= value <= MAX_ABS:
+                out.append(Problem(loc, f"{RANGE_MSG}, got {_number_text(value)}", "finite_number"))
             return
         out.append(Problem(loc, f"must be an integer, got {_type_name(value)} {value!r}"[:200], "int_type"))
     elif type(value) is not bool:
@@ -133,7 +141,7 @@ def check_batch_size(n_rows: int, max_rows: int, loc: tuple[str | int, ...] = ("
 
 
 def _fast_row_ok(features: Mapping[str, Any], schema: FeatureSchema) -> bool:
-    """True when a row certainly passes (all floats/ints, finite, exactly the schema's names)."""
+    """True when a row certainly passes (all floats/ints within `MAX_ABS`, exactly the schema's names)."""
     if len(features) != len(schema.names):
         return False
     try:
@@ -144,10 +152,7 @@ def _fast_row_ok(features: Mapping[str, Any], schema: FeatureSchema) -> bool:
         return False
     for v in values:
         tv = type(v)
-        if tv is float:
-            if v - v != 0.0:  # NaN or +-inf
-                return False
-        elif tv is not int or not -_FLOAT_MAX <= v <= _FLOAT_MAX:
+        if (tv is not float and tv is not int) or not -MAX_ABS <= v <= MAX_ABS:  # NaN/inf compare False
             return False
     return True
 
@@ -185,10 +190,13 @@ def table_matrix(table: pa.Table, schema: FeatureSchema, max_rows: int) -> npt.N
         if name not in index:
             problems.append(Problem(("columns", name), "unknown feature (not in the model signature)",
                                     "unknown_feature"))
-    if len(set(table.column_names)) != len(table.column_names):
-        problems.append(Problem(("columns",), "duplicate column names", "duplicate_column"))
+    duplicates = sorted({n for n in table.column_names if table.column_names.count(n) > 1})
+    problems += [Problem(("columns", n), "duplicate column name (each feature is one column)", "duplicate_column")
+                 for n in duplicates]
     columns: list[npt.NDArray[np.float32]] = []
     for name, kind in zip(schema.names, schema.types, strict=True):
+        if name in duplicates:
+            continue
         if name not in table.column_names:
             problems.append(Problem(("columns", name), f"missing feature (the model needs it, type {kind})",
                                     "missing_feature"))
@@ -204,15 +212,15 @@ def table_matrix(table: pa.Table, schema: FeatureSchema, max_rows: int) -> npt.N
         if col.null_count:
             problems.append(Problem(("columns", name), f"{col.null_count} null value(s)", "null_value"))
             continue
-        values = col.to_numpy().astype(np.float32, copy=False)
-        bad = ~np.isfinite(values)
+        values = col.to_numpy()
+        bad = ~(np.abs(values) <= MAX_ABS)  # NaN, inf, and finite doubles beyond float32 (same rule as JSON)
         if bad.any():
             first = int(np.flatnonzero(bad)[0])
             problems.append(Problem(("columns", name, first),
-                                    f"{int(bad.sum())} non-finite value(s) (NaN/inf), first at row {first}",
-                                    "finite_number"))
+                                    f"{int(bad.sum())} value(s) not {RANGE_MSG.removeprefix('must be ')}, first at "
+                                    f"row {first}: {_number_text(values[first].item())}", "finite_number"))
             continue
-        columns.append(values)
+        columns.append(values.astype(np.float32, copy=False))
     if problems:
         raise InvalidRequest(problems)
     return np.column_stack(columns)

@@ -370,10 +370,12 @@ class KubeServing:
             cm = self.kube.config_map(name)
             text = (cm.data or {}).get(key, "")
             try:
-                doc = yaml.safe_load(text) if text else {}
+                doc = yaml.safe_load(text) if text else None
             except yaml.YAMLError as exc:
                 raise PermanentError(f"ConfigMap {name} key {key} is not valid YAML: {exc}") from exc
-            current = router_config.parse(doc, source=f"ConfigMap {name} {key}")
+            # no file yet: start from the defaults; an existing one must be valid (an empty one is not)
+            current = (router_config.parse(doc, source=f"ConfigMap {name} {key}") if text
+                       else router_config.RouterConfig())
             wanted = replace(current, mode=mode, challenger_weight=challenger_weight)
             if wanted == current and text:
                 return False

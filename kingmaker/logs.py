@@ -13,6 +13,7 @@ Label log: one row per label arrival; the latest arrival per ``request_id`` wins
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 import time
 import uuid
@@ -121,8 +122,15 @@ def _to_table(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def append(url: str, rows: pd.DataFrame | Iterable[Mapping[str, Any]], schema: pa.Schema, *, ts_column: str) -> int:
-    """Append rows as new Parquet file(s), one per date partition. Returns the number of rows written."""
+def append(url: str, rows: pd.DataFrame | Iterable[Mapping[str, Any]], schema: pa.Schema, *, ts_column: str,
+           name: str | None = None) -> int:
+    """Append rows as new Parquet file(s), one per date partition. Returns the number of rows in the log.
+
+    Each file is written under a temporary name (``.part-….tmp``, which readers skip) and renamed when
+    complete, so readers never see half a file; a failed write removes its temporary file, so a full disk
+    leaves nothing behind. With ``name``, the files are ``part-<name>.parquet`` and a partition that already
+    has its file is skipped: appending the same rows under the same name again (a retry, or a recovery after
+    a crash between writing and forgetting them) adds nothing."""
     frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
     if frame.empty:
         return 0
@@ -136,18 +144,27 @@ def append(url: str, rows: pd.DataFrame | Iterable[Mapping[str, Any]], schema: p
     for day in sorted(set(dates)):
         part = table.filter(pa.array(dates == day))
         folder = posixpath.join(root, f"{PARTITION}={day}")
+        final = posixpath.join(folder, f"part-{name or f'{time.time_ns()}-{uuid.uuid4().hex[:8]}'}.parquet")
+        if name is not None and fs.exists(final):
+            written += part.num_rows
+            continue
         fs.makedirs(folder, exist_ok=True)
-        name = f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
-        tmp = posixpath.join(folder, f".{name}.tmp")
-        with fs.open(tmp, "wb") as fh:
-            pq.write_table(part, fh, compression="zstd")
-        fs.mv(tmp, posixpath.join(folder, name))  # readers never see a half-written file
+        tmp = posixpath.join(folder, f".{posixpath.basename(final)}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            with fs.open(tmp, "wb") as fh:
+                pq.write_table(part, fh, compression="zstd")
+            fs.mv(tmp, final)  # readers never see a half-written file
+        except BaseException:
+            with contextlib.suppress(OSError):  # the store may be what failed; readers skip it anyway
+                fs.rm(tmp)
+            raise
         written += part.num_rows
     return written
 
 
-def append_predictions(url: str, rows: pd.DataFrame | Iterable[Mapping[str, Any]], features: Sequence[str]) -> int:
-    return append(url, rows, prediction_schema(features), ts_column="ts")
+def append_predictions(url: str, rows: pd.DataFrame | Iterable[Mapping[str, Any]], features: Sequence[str], *,
+                       name: str | None = None) -> int:
+    return append(url, rows, prediction_schema(features), ts_column="ts", name=name)
 
 
 def append_labels(url: str, rows: pd.DataFrame | Iterable[Mapping[str, Any]]) -> int:
@@ -161,7 +178,9 @@ def read(url: str, *, since: datetime | None = None, until: datetime | None = No
     if not fs.exists(root):
         return pd.DataFrame()
     dataset = ds.dataset(root, filesystem=fs, format="parquet", partitioning="hive",
-                         exclude_invalid_files=True, ignore_prefixes=[".", "_"])
+                         exclude_invalid_files=True, ignore_prefixes=[".", "_"])  # temporary files: .part-*.tmp
+    if not dataset.files:  # e.g. a partition folder whose only write failed: no schema to filter on
+        return pd.DataFrame()
     expr = None
     for op, bound in (("ge", since), ("lt", until)):
         if bound is not None:

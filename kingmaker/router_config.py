@@ -12,11 +12,14 @@ router ConfigMap, updated by an atomic symlink swap). Example::
     challenger_timeout_ms: 300   # split mode: bounds the client's wait before the champion answers instead
     shadow_timeout_ms: 2000      # shadow mode: off the response path, so it may be longer
     shadow_max_in_flight: 256    # shadow calls beyond this are skipped (counted), never queued
+    champion_fallback: none      # split mode, champion down: none = 503; challenger = the challenger answers
     champion_url: null           # optional: override KINGMAKER_CHAMPION_URL (kingmaker serve uses these
     challenger_url: null         #   to re-point an arm to a new process; "" = no challenger)
 
-Every key is optional and every unknown key is an error naming it, so a typo (or a key from a newer
-release) is refused instead of silently ignored; that strictness is the file's version check.
+``mode`` and ``challenger_weight`` are required: the traffic split is never implied, so an empty file, or one
+cut short before them (a half-written edit), is refused like any invalid one instead of resetting the split
+to the defaults. Every other key is optional, and every unknown key is an error naming it, so a typo (or a
+key from a newer release) is refused instead of silently ignored; that strictness is the file's version check.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,16 @@ import yaml
 
 from kingmaker.errors import PermanentError
 from kingmaker.roles import Mode
+
+REQUIRED = ("mode", "challenger_weight")
+
+
+class ChampionFallback(StrEnum):
+    """Split mode, the champion cannot answer: ``none`` answers 503; ``challenger`` lets the challenger answer
+    instead (an unproven model rather than an outage)."""
+
+    NONE = "none"
+    CHALLENGER = "challenger"
 
 
 @dataclass(frozen=True)
@@ -43,29 +57,33 @@ class RouterConfig:
     challenger_timeout_ms: float = 300.0
     shadow_timeout_ms: float = 2000.0
     shadow_max_in_flight: int = 256
+    champion_fallback: ChampionFallback = ChampionFallback.NONE
     champion_url: str | None = None  # None: the Router's environment decides
     challenger_url: str | None = None  # None: the environment decides; "": no challenger
 
     def as_dict(self) -> dict[str, Any]:
-        return {f.name: (str(v) if isinstance(v := getattr(self, f.name), Mode) else v) for f in fields(self)}
+        return {f.name: (str(v) if isinstance(v := getattr(self, f.name), StrEnum) else v) for f in fields(self)}
 
 
 def parse(doc: object, *, source: str = "router config") -> RouterConfig:
-    """Validate a loaded YAML document. Every problem names the key; unknown keys are errors (typos)."""
-    if doc is None:
-        doc = {}
+    """Validate a loaded YAML document. Every problem names the key; unknown keys are errors (typos), and the
+    `REQUIRED` keys must be there (an empty or truncated file is refused)."""
+    if doc is None or doc == {}:
+        raise PermanentError(f"{source} is empty: it must state at least {' and '.join(REQUIRED)}")
     if not isinstance(doc, Mapping):
         raise PermanentError(f"{source}: expected a mapping of settings, got {type(doc).__name__}")
     known = {f.name for f in fields(RouterConfig)}
-    unknown = sorted(set(doc) - known)
+    unknown = sorted(set(doc) - known, key=str)
     if unknown:
         raise PermanentError(f"{source}: unknown key(s) {', '.join(map(str, unknown))}; known: {', '.join(sorted(known))}")
     values: dict[str, Any] = {}
-    if "mode" in doc:
-        try:
-            values["mode"] = Mode(str(doc["mode"]))
-        except ValueError:
-            raise PermanentError(f"{source}: mode must be one of {[m.value for m in Mode]}, got {doc['mode']!r}") from None
+    for key, kind in (("mode", Mode), ("champion_fallback", ChampionFallback)):
+        if key in doc:
+            try:
+                values[key] = kind(str(doc[key]))
+            except ValueError:
+                raise PermanentError(f"{source}: {key} must be one of {[m.value for m in kind]}, "
+                                     f"got {doc[key]!r}") from None
     for key in ("challenger_weight", "champion_timeout_ms", "challenger_timeout_ms", "shadow_timeout_ms"):
         if key in doc:
             value = doc[key]
@@ -96,14 +114,21 @@ def parse(doc: object, *, source: str = "router config") -> RouterConfig:
             raise PermanentError(f"{source}: {key} must be positive, got {getattr(cfg, key)}")
     if cfg.champion_url == "":
         raise PermanentError(f"{source}: champion_url cannot be empty (there is always a champion)")
+    missing = [k for k in REQUIRED if k not in doc]
+    if missing:
+        raise PermanentError(f"{source}: missing key(s) {', '.join(missing)} (a truncated file?); the traffic split "
+                             "is never implied")
     return cfg
 
 
 def load(path: Path) -> RouterConfig:
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise PermanentError(f"cannot read router config {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise PermanentError(f"router config {path} is not UTF-8 text (byte {exc.start}: "
+                             f"{exc.object[exc.start:exc.start + 1]!r})") from None
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -121,7 +146,8 @@ def dump(cfg: RouterConfig, path: Path) -> None:
 
 def update(path: Path, *, source: str, **changes: object) -> bool:
     """Set ``changes`` in the file at ``path`` (created with defaults if missing), keeping every other key
-    as it is; validated like any document. True when the file was written."""
+    as it is; validated like any document (an existing invalid file is an error, never silently replaced).
+    True when the file was written."""
     current = load(path) if path.exists() else RouterConfig()
     wanted = parse({**current.as_dict(), **changes}, source=source)
     if wanted == current and path.exists():

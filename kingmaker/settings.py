@@ -14,6 +14,7 @@ import textwrap
 import types
 import typing
 from dataclasses import MISSING, Field, dataclass, field, fields
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,8 +47,8 @@ def _tokens(text: str) -> tuple[str, ...]:
 def read_env(cls: type) -> dict[str, Any]:
     """The fields of settings class ``cls`` whose ``metadata["env"]`` variable is set, converted to the field's type.
 
-    Types: ``str``, ``int``, ``float``, ``Path`` (each optionally ``| None``) and ``tuple[str, ...]`` (a
-    comma-separated list). A value that does not convert is a `PermanentError` naming the variable.
+    Types: ``str``, ``int``, ``float``, ``Path``, a ``StrEnum`` (each optionally ``| None``) and ``tuple[str, ...]``
+    (a comma-separated list). A value that does not convert is a `PermanentError` naming the variable.
     """
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
@@ -61,6 +62,11 @@ def read_env(cls: type) -> dict[str, Any]:
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
         if kind == tuple[str, ...]:
             values[f.name] = _tokens(raw)
+        elif isinstance(kind, type) and issubclass(kind, StrEnum):
+            try:
+                values[f.name] = kind(raw)
+            except ValueError:
+                raise PermanentError(f"{var}={raw!r} is not one of {', '.join(m.value for m in kind)}") from None
         elif kind in (str, int, float, Path):
             try:
                 values[f.name] = kind(raw)
@@ -189,6 +195,16 @@ class ControllerSettings:
         return cls(**read_env(cls))
 
 
+class FsyncPolicy(StrEnum):
+    """When the Router forces its prediction-log segment to disk. Every row is written to the segment (the
+    page cache) before its answer is sent, so a killed Router loses nothing whatever the policy; the policy
+    is about the machine crashing."""
+
+    NEVER = "never"        # the kernel writes back in its own time (a machine crash may lose the last ~30 s)
+    INTERVAL = "interval"  # fsync once a second, off the request path (a machine crash loses at most ~1 s)
+    ALWAYS = "always"      # fsync before every answer (nothing answered is lost; costs a disk flush per request)
+
+
 @dataclass(frozen=True)
 class ServingSettings:
     """How the Scorer (one per arm) and the Router run. Read once per process, in the service's __init__."""
@@ -212,7 +228,14 @@ class ServingSettings:
     log_flush_seconds: float = field(default=2.0, metadata=_doc(
         "Router: ... or when the oldest row is this old", "KINGMAKER_LOG_FLUSH_SECONDS"))
     log_max_buffer_rows: int = field(default=1_000_000, metadata=_doc(
-        "Router: rows kept in memory while the log store is down", "KINGMAKER_LOG_MAX_BUFFER_ROWS"))
+        "Router: rows kept in memory while the log store is down (more wait in the segment files only)",
+        "KINGMAKER_LOG_MAX_BUFFER_ROWS"))
+    log_segment_dir: str = field(default="", metadata=_doc(
+        "Router: local folder of the prediction-log segments, where each row is written before its answer is sent "
+        "(default: serving/segments in the data folder)", "KINGMAKER_LOG_SEGMENT_DIR"))
+    log_fsync: FsyncPolicy = field(default=FsyncPolicy.NEVER, metadata=_doc(
+        "Router: when segments are forced to disk: never (a killed process still loses nothing), interval (every "
+        "second) or always (before each answer)", "KINGMAKER_LOG_FSYNC"))
     feedback_tokens: tuple[str, ...] = field(default=(), repr=False, metadata=_doc(
         "Router: bearer tokens accepted on /feedback (comma-separated)", "KINGMAKER_FEEDBACK_TOKEN"))
     feedback_token_file: str = field(default="", metadata=_doc(
@@ -221,6 +244,12 @@ class ServingSettings:
         "bearer tokens required on scoring endpoints (comma-separated; none = open)", "KINGMAKER_SCORING_TOKEN"))
     scoring_token_file: str = field(default="", metadata=_doc("file of scoring tokens, one per line",
                                                               "KINGMAKER_SCORING_TOKEN_FILE"))
+    arm_tokens: tuple[str, ...] = field(default=(), repr=False, metadata=_doc(
+        "the Router's own token to its arms (comma-separated: it sends the first; Scorers accept all, besides the "
+        "scoring tokens)", "KINGMAKER_ARM_TOKEN"))
+    arm_token_file: str = field(default="", metadata=_doc(
+        "file of Router-to-arm tokens, one per line (the first is sent; re-read when it changes)",
+        "KINGMAKER_ARM_TOKEN_FILE"))
     drain_seconds: float = field(default=0.0, metadata=_doc(
         "on SIGTERM, report not-ready this long before stopping (usually the chart's preStop does this)",
         "KINGMAKER_DRAIN_SECONDS"))

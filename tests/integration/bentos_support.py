@@ -44,6 +44,7 @@ def service_env(home: Path, work: Path) -> dict[str, str]:
     return {"KINGMAKER_HOME": str(home), "BENTOML_HOME": str(work / "bentoml"), "MLFLOW_TRACKING_URI": "",
             "KINGMAKER_PREDICTIONS_URL": str(work / "logs" / "predictions"),
             "KINGMAKER_LABELS_URL": str(work / "logs" / "labels"), "KINGMAKER_FEEDBACK_TOKEN": "it-token",
+            "KINGMAKER_LOG_SEGMENT_DIR": str(work / "segments"),
             "KINGMAKER_LOG_FLUSH_SECONDS": "1.0", "KINGMAKER_LOG_FLUSH_ROWS": "500"}
 
 
@@ -56,7 +57,7 @@ def serving_stack(home: Path, work: Path, config: dict[str, Any], *, challenger:
     logs = work / "service-logs"
     logs.mkdir(exist_ok=True)
     config_path = work / "router.yaml"
-    config_path.write_text(yaml.safe_dump({"salt": "it", **config}))
+    config_path.write_text(yaml.safe_dump({"mode": "split", "challenger_weight": 0.1, "salt": "it", **config}))
     champion = procs.scorer("champion", "models:/fraud-detector@champion", procs.free_port(), env=env, log_dir=logs)
     chall = (procs.scorer("challenger", "models:/fraud-detector@challenger", procs.free_port(), env=env, log_dir=logs)
              if challenger else None)
@@ -182,11 +183,12 @@ def serving_home(trained_home: Path) -> Path:
     return trained_home
 
 
-def start_serve(home: Path, tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], dict[str, str], str]:
+def start_serve(home: Path, tmp_path: Path, *args: str, env: dict[str, str] | None = None
+                ) -> tuple[subprocess.Popen[str], dict[str, str], str]:
     """`kingmaker serve --port 0` as a real process; returns it, the URLs it printed, and its start-up text."""
     env = {**os.environ, "KINGMAKER_HOME": str(home), "BENTOML_HOME": str(tmp_path / "bentoml"),
            "KINGMAKER_PREDICTIONS_URL": str(tmp_path / "predictions"), "KINGMAKER_LABELS_URL": str(tmp_path / "labels"),
-           "KINGMAKER_FEEDBACK_TOKEN": "", "KINGMAKER_FEEDBACK_TOKEN_FILE": ""}
+           "KINGMAKER_FEEDBACK_TOKEN": "", "KINGMAKER_FEEDBACK_TOKEN_FILE": "", **(env or {})}
     env.pop("MLFLOW_TRACKING_URI", None)
     exe = Path(sys.executable).with_name("kingmaker")
     proc = subprocess.Popen([str(exe), "serve", "--port", "0", *args], env=env, cwd=tmp_path,

@@ -249,6 +249,44 @@ resources:
     sizeLimit: 1Gi
 {{- end }}
 
+{{/*
+BENTOML_HOME of a serving container: in its own pod's /tmp. BentoML keeps its Prometheus multiprocess files
+there and empties the folder whenever a server starts, so each server needs a home of its own (and the
+image's default home is on the read-only root).
+*/}}
+{{- define "kingmaker.bentomlHome" -}}
+- name: BENTOML_HOME
+  value: /tmp/bentoml
+{{- end }}
+
+{{/* The Router's own token to its Scorers (router.armTokenSecret): env, mount and volume of both. */}}
+{{- define "kingmaker.armTokenEnv" -}}
+{{- if .Values.router.armTokenSecret.name }}
+- name: KINGMAKER_ARM_TOKEN_FILE
+  value: /etc/kingmaker/arm/tokens
+{{- end }}
+{{- end }}
+
+{{- define "kingmaker.armTokenMount" -}}
+{{- if .Values.router.armTokenSecret.name }}
+- name: arm-token
+  mountPath: /etc/kingmaker/arm
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "kingmaker.armTokenVolume" -}}
+{{- with .Values.router.armTokenSecret }}
+{{- if .name }}
+- name: arm-token
+  secret:
+    secretName: {{ .name }}
+    items:
+      - {key: {{ .key }}, path: tokens}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* The pod user of each image: BentoML images run as bentoml (1034), k8s/Dockerfile as 10001. */}}
 {{- define "kingmaker.bentoUid" -}}1034{{- end }}
 {{- define "kingmaker.kingmakerUid" -}}10001{{- end }}

@@ -225,10 +225,11 @@ async def router(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, apps: dict[str
 
     monkeypatch.setattr(arms, "make_connector", connector)
     config_path = tmp_path / "router.yaml"
-    config_path.write_text(yaml.safe_dump({"salt": "test", **(config or {})}))
+    config_path.write_text(yaml.safe_dump({"mode": "split", "challenger_weight": 0.1, "salt": "test", **(config or {})}))
     values = {"KINGMAKER_CHAMPION_URL": champion_url, "KINGMAKER_CHALLENGER_URL": challenger_url,
               "KINGMAKER_ROUTER_CONFIG": str(config_path), "KINGMAKER_FEEDBACK_TOKEN": "fb-token",
               "KINGMAKER_PREDICTIONS_URL": str(tmp_path / "predictions"),
+              "KINGMAKER_LOG_SEGMENT_DIR": str(tmp_path / "segments"),
               "KINGMAKER_LABELS_URL": str(tmp_path / "labels"), **env}
     for key, value in values.items():
         monkeypatch.setenv(key, value)

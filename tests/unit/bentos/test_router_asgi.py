@@ -6,6 +6,7 @@ a URL that is not in the app map goes over real TCP (used for "connection refuse
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -98,9 +99,35 @@ async def test_champion_down_is_a_503_with_retry_after(
         r = await h.client.post("/predict", json={"features": row(1), "request_id": "down-1"})
         assert r.status_code == 503
         assert r.headers["retry-after"] == "1" and r.headers["x-request-id"] == "down-1"
-        assert "champion cannot answer" in r.json()["error"]
+        # a stable code and message; the upstream host, port and exception go to the log only
+        assert r.json() == {"code": "champion_unavailable", "error": "the champion cannot answer right now; retry "
+                            "later", "request_id": "down-1"}
         batch = await h.client.post("/predict_batch", json={"rows": [{"features": row(1)}]})
-        assert batch.status_code == 503
+        assert batch.status_code == 503 and batch.json()["code"] == "champion_unavailable"
+
+
+async def test_champion_fallback_to_the_challenger_is_opt_in_counted_and_visible(
+        scorer_env: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Split mode, champion down: with ``champion_fallback: challenger`` the challenger answers the champion's
+    share instead of a 503 (off by default: the test above), each row counted and logged as the challenger's."""
+    apps = {"http://champion": stub_arm("champion", "1", status=503), "http://challenger": stub_arm("challenger", "2")}
+    config = {"challenger_weight": 0.0, "champion_fallback": "challenger"}
+    async with router(monkeypatch, tmp_path, apps, config) as h:
+        for i in range(8):
+            r = await h.client.post("/predict", json={"features": row(i), "request_id": f"cf-{i}"})
+            assert r.status_code == 200, r.text
+            assert r.json()["arm"] == "challenger" and r.json()["fallback"] is True
+            assert r.headers["x-kingmaker-fallback"] == "true" and r.headers["x-model-version"] == "2"
+        batch = await h.client.post("/predict_batch", json={"rows": [{"features": row(i)} for i in range(3)]})
+        assert {p["arm"] for p in batch.json()["predictions"]} == {"challenger"}
+        routing = (await h.client.post("/routing", json={})).json()
+        metrics = (await h.client.get("/metrics")).text
+    assert routing["config"]["champion_fallback"] == "challenger" and routing["champion_fallbacks"] == 11
+    assert "kingmaker_router_champion_fallback_enabled 1.0" in metrics
+    counted = [ln for ln in metrics.splitlines() if ln.startswith("kingmaker_router_champion_fallbacks_total{")]
+    assert sum(float(ln.rsplit(" ", 1)[1]) for ln in counted) == 11.0
+    log = predictions(h.predictions_url)
+    assert len(log) == 11 and set(log["arm"]) == {"challenger"} and log["served"].all()
 
 
 async def test_a_champion_refusal_is_passed_to_the_client(
@@ -220,15 +247,20 @@ async def test_feedback(scorer_env: Registry, monkeypatch: pytest.MonkeyPatch, t
                              headers={"Authorization": "Bearer wrong"})).status_code == 401
         first = await c.post("/feedback", json={"request_id": "tx-0", "label": 1}, headers=auth)
         assert first.status_code == 200
-        assert first.json() == {"received": 1, "written": 1, "duplicates": 0, "updated": 0, "unknown": 0,
-                                "unknown_ids": []}
+        assert first.json() == {"received": 1, "written": 1, "duplicates": 0, "updated": 0, "superseded": 0,
+                                "superseded_ids": [], "unknown": 0, "unknown_ids": []}
         again = await c.post("/feedback", json={"request_id": "tx-0", "label": 1}, headers=auth)
         assert again.json()["written"] == 0 and again.json()["duplicates"] == 1  # idempotent
         batch = await c.post("/feedback", headers=auth, json={"labels": [
             {"request_id": "tx-0", "label": 0}, {"request_id": "tx-1", "label": 0},
             {"request_id": "nobody", "label": 1}]})
-        assert batch.json() == {"received": 3, "written": 3, "duplicates": 0, "updated": 1, "unknown": 1,
-                                "unknown_ids": ["nobody"]}
+        assert batch.json() == {"received": 3, "written": 3, "duplicates": 0, "updated": 1, "superseded": 0,
+                                "superseded_ids": [], "unknown": 1, "unknown_ids": ["nobody"]}
+        # a relabel inside one request: the last label is kept, the earlier one is reported as superseded
+        relabel = await c.post("/feedback", headers=auth, json={"labels": [
+            {"request_id": "tx-2", "label": 0}, {"request_id": "tx-2", "label": 1}, {"request_id": "tx-2", "label": 1}]})
+        assert relabel.json() == {"received": 3, "written": 1, "duplicates": 1, "updated": 0, "superseded": 1,
+                                  "superseded_ids": ["tx-2"], "unknown": 0, "unknown_ids": []}
         bad: dict[str, Any]
         for bad in ({"request_id": "tx-2", "label": 2}, {"request_id": "tx-2", "label": True}, {"request_id": "tx-2"},
                     {"labels": []}, {"request_id": "tx-2", "label": 1, "labels": [{"request_id": "a", "label": 1}]}):
@@ -236,9 +268,10 @@ async def test_feedback(scorer_env: Registry, monkeypatch: pytest.MonkeyPatch, t
             assert r.status_code == 400, (bad, r.text)
         metrics = (await c.get("/metrics")).text
     labels = logs.read_labels(h.labels_url).set_index("request_id")["label"].to_dict()
-    assert labels == {"tx-0": 0, "tx-1": 0, "nobody": 1}
+    assert labels == {"tx-0": 0, "tx-1": 0, "nobody": 1, "tx-2": 1}
     raw = logs.read(h.labels_url, ts_column="label_ts")
-    assert len(raw) == 4  # the duplicate was not written again
+    assert len(raw) == 5  # the duplicate was not written again
+    assert 'kingmaker_feedback_labels_total{outcome="superseded"} 1.0' in metrics
     assert 'kingmaker_feedback_unknown_ids_total 1.0' in metrics
     assert 'kingmaker_auth_failures_total{path="/feedback",reason="missing"} 1.0' in metrics
 
@@ -321,7 +354,7 @@ async def test_arms_follow_urls_in_the_config_file(scorer_env: Registry, monkeyp
     apps = {"http://champion": stub_arm("champion", "1"), "http://challenger": old, "http://challenger-v3": new}
     async with router(monkeypatch, tmp_path, apps, {"challenger_weight": 1.0}) as h:
         assert (await h.client.post("/predict", json={"features": row(1)})).json()["model_version"] == "2"
-        h.config_path.write_text(yaml.safe_dump({"salt": "test", "challenger_weight": 1.0,
+        h.config_path.write_text(yaml.safe_dump({"mode": "split", "salt": "test", "challenger_weight": 1.0,
                                                  "challenger_url": "http://challenger-v3"}))
         await asyncio.sleep(1.1)
         moved = await h.client.post("/predict", json={"features": row(1)})
@@ -331,11 +364,62 @@ async def test_arms_follow_urls_in_the_config_file(scorer_env: Registry, monkeyp
             if routing["arms"]["challenger"]["model"]:
                 break
             await asyncio.sleep(0.02)
-        assert routing["arms"]["challenger"]["url"] == "http://challenger-v3"
-        assert routing["arms"]["challenger"]["model"]["model_version"] == "3"
-        h.config_path.write_text(yaml.safe_dump({"salt": "test", "challenger_weight": 1.0, "challenger_url": ""}))
+        assert routing["arms"]["challenger"]["model"] == {"model_name": "fraud-detector", "model_version": "3",
+                                                          "alias": "challenger"}
+        assert "url" not in routing["arms"]["challenger"] and "http://" not in str(routing)  # no internals
+        h.config_path.write_text(yaml.safe_dump({"mode": "split", "salt": "test", "challenger_weight": 1.0,
+                                                 "challenger_url": ""}))
         await asyncio.sleep(1.1)
         alone = await h.client.post("/predict", json={"features": row(1)})
         assert alone.json()["arm"] == "champion" and alone.json()["fallback"] is False
         assert "challenger" not in (await h.client.post("/routing", json={})).json()["arms"]
     assert new.state.calls == 1 and old.state.calls == 1
+
+
+@pytest.mark.parametrize("request_id", ["tx-€", "tx-😀", "tx-\u0001", "tx\r\nX-Injected: 1", "has space", "x" * 129])
+async def test_a_request_id_that_cannot_be_a_header_is_a_400_and_no_arm_failure(
+        request_id: str, scorer_env: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Such ids were copied into X-Request-ID: a 500 (or no answer at all), counted as the champion failing,
+    so five requests opened its circuit and every client got 503s."""
+    champion = stub_arm("champion", "1")
+    async with router(monkeypatch, tmp_path, {"http://champion": champion}, challenger_url="") as h:
+        for _ in range(6):
+            r = await h.client.post("/predict", json={"features": row(1), "request_id": request_id})
+            assert r.status_code == 400 and r.json()["code"] == "invalid_request", r.text
+            assert r.json()["detail"][0]["loc"] == ["request_id"]
+            assert "visible ASCII" in r.json()["error"] or "at most 128" in r.json()["error"]
+        ok = await h.client.post("/predict", json={"features": row(1), "request_id": "tx-1"})
+        assert ok.status_code == 200 and ok.headers["x-request-id"] == "tx-1"
+        routing = (await h.client.post("/routing", json={})).json()
+    assert routing["arms"]["champion"]["circuit_open"] is False
+    assert champion.state.calls == 1  # the bad ids never reached the arm
+
+
+async def test_unknown_paths_and_other_media_types_are_answered_as_json_with_bounded_labels(
+        scorer_env: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    apps = {"http://champion": stub_arm("champion", "1")}
+    async with router(monkeypatch, tmp_path, apps, challenger_url="") as h:
+        for i in range(20):
+            r = await h.client.get(f"/random-{i}")
+            assert r.status_code == 404 and r.json()["code"] == "not_found"
+        r = await h.client.post("/routing", content=b"{}", headers={"Content-Type": "multipart/form-data"})
+        assert r.status_code == 415 and r.json()["code"] == "unsupported_media_type"
+        r = await h.client.post("/predict", content=b"secret=hunter2&x=1",
+                                headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert r.status_code == 415 and "hunter2" not in r.text  # the body is never echoed
+        r = await h.client.get("/predict")
+        assert r.status_code == 405 and r.json()["code"] == "method_not_allowed"
+        metrics = (await h.client.get("/metrics")).text
+    assert "random-" not in metrics
+
+
+async def test_malformed_bodies_get_our_error_shape_without_internals(
+        scorer_env: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    apps = {"http://champion": stub_arm("champion", "1")}
+    async with router(monkeypatch, tmp_path, apps, challenger_url="") as h:
+        with caplog.at_level(logging.INFO):
+            for body in (b"{", b"[]", b'{"features": 1}', b'{"' + b"k" * 5000 + b'": 1, "features": {}}'):
+                r = await h.client.post("/predict", content=body, headers={"Content-Type": "application/json"})
+                assert r.status_code == 400 and r.json()["code"] == "invalid_request", r.text
+                assert "IODescriptor" not in r.text and "pydantic.dev" not in r.text and len(r.text) < 1000
+    assert not [rec for rec in caplog.records if rec.exc_info or rec.levelno >= logging.ERROR]

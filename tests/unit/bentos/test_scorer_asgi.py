@@ -227,3 +227,32 @@ async def test_huge_json_integer_is_a_400_not_a_500(scorer_env: Registry, monkey
     async with scorer(monkeypatch) as (_, c):
         r = await c.post("/score", content=f'{{"features": {{{features}}}}}', headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["detail"][0]["loc"] == ["features", "f01"]
+
+
+@pytest.mark.parametrize("request_id", ["tx-€", "tx-\u0001", "a\nb"])
+async def test_scorer_refuses_request_ids_that_cannot_be_a_header(
+        request_id: str, scorer_env: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with scorer(monkeypatch) as (_, c):
+        for path in ("/score", "/explain"):
+            r = await c.post(path, json={"features": row(1), "request_id": request_id})
+            assert r.status_code == 400 and r.json()["detail"][0]["loc"] == ["request_id"], r.text
+        r = await c.post("/score_batch", json={"rows": [row(1)], "request_ids": [request_id]})
+        assert r.status_code == 400 and r.json()["detail"][0]["loc"] == ["request_ids", 0]
+
+
+async def test_arrow_bombs_and_duplicate_columns_are_refused(scorer_env: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    headers = {"content-type": "application/vnd.apache.arrow.stream"}
+    bomb = pa.table({name: pa.array(np.zeros(2_000_000)) for name in FEATURES})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, bomb.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as w:
+        w.write_table(bomb)
+    body = sink.getvalue().to_pybytes()
+    assert len(body) < 200_000  # ~100 MB of doubles
+    duplicate = pa.Table.from_arrays([pa.array([1.0])] * (len(FEATURES) + 1), names=[*FEATURES, FEATURES[0]])
+    async with scorer(monkeypatch) as (_, c):
+        r = await c.post("/arrow/score_batch", content=body, headers=headers)
+        assert r.status_code == 413 and r.json()["code"] == "too_large" and "10000 rows" in r.json()["error"]
+        r = await c.post("/arrow/score_batch", content=arrow_body(duplicate), headers=headers)
+        assert r.status_code == 400 and r.json()["detail"][0] == {
+            "loc": ["columns", FEATURES[0]], "msg": "duplicate column name (each feature is one column)",
+            "type": "duplicate_column"}

@@ -124,3 +124,34 @@ def test_arrow_problems(table: pa.Table, loc: tuple[object, ...], kind: str) -> 
         table_matrix(table, SCHEMA, max_rows=10)
     assert [(p.loc, p.type) for p in err.value.problems] == [(loc, kind)]
 
+
+
+@pytest.mark.parametrize("value", [1e308, -3.5e38, 10**39])
+def test_one_range_rule_for_json_and_arrow(value: float) -> None:
+    """Finite doubles beyond float32 used to pass as JSON but fail as Arrow with "NaN/inf": the models compute
+    in 32-bit floats, so both paths refuse them, with the same message saying what is wrong."""
+    with pytest.raises(InvalidRequest) as json_err:
+        row_vector({**GOOD, "f01": value}, SCHEMA)
+    with pytest.raises(InvalidRequest) as arrow_err:
+        table_matrix(pa.table({"amount": [1.0], "f01": [float(value)], "f02": [1.0]}), SCHEMA, max_rows=10)
+    (json_problem,), (arrow_problem,) = json_err.value.problems, arrow_err.value.problems
+    assert json_problem.type == arrow_problem.type == "finite_number"
+    assert "within ±3.4e38 (the models compute in 32-bit floats)" in json_problem.msg
+    assert "within ±3.4e38 (the models compute in 32-bit floats)" in arrow_problem.msg
+    assert "NaN/inf" not in arrow_problem.msg
+    for edge in (3.4e38, -3.4e38, 0.0):  # the largest float32 magnitudes still pass, on both paths
+        assert row_vector({**GOOD, "f01": edge}, SCHEMA)[0, 1] == edge
+        assert np.isfinite(table_matrix(pa.table({"amount": [1.0], "f01": [edge], "f02": [1.0]}), SCHEMA, 10)).all()
+
+
+def test_a_huge_json_integer_is_described_not_echoed() -> None:
+    (problem,) = row_problems({**GOOD, "f01": 10**4000}, SCHEMA)
+    assert problem.msg.endswith("got an integer of 4001 digits")
+
+
+def test_arrow_duplicate_column_names_are_a_400_naming_the_column() -> None:
+    """pyarrow raises on `table.column(name)` when a name repeats: that used to be a 500."""
+    table = pa.Table.from_arrays([pa.array([1.0])] * 4, names=["amount", "f01", "f01", "f02"])
+    with pytest.raises(InvalidRequest) as err:
+        table_matrix(table, SCHEMA, max_rows=10)
+    assert [(p.loc, p.type) for p in err.value.problems] == [(("columns", "f01"), "duplicate_column")]

@@ -97,7 +97,8 @@ def test_tokens_and_credentials_are_secret_references() -> None:
     router = one(docs, "Deployment", "kingmaker-router-blue")["spec"]["template"]["spec"]
     env = _env(router["containers"][0])
     secrets = {v["name"]: v["secret"]["secretName"] for v in router["volumes"] if "secret" in v}
-    assert secrets == {"feedback-token": "kingmaker-feedback", "scoring-token": "kingmaker-scoring"}
+    assert secrets == {"feedback-token": "kingmaker-feedback", "scoring-token": "kingmaker-scoring",
+                       "arm-token": "kingmaker-router-arms"}
     mounts = {m["name"]: m["mountPath"] for m in router["containers"][0]["volumeMounts"]}
     assert posixpath.dirname(env["KINGMAKER_FEEDBACK_TOKEN_FILE"]) == mounts["feedback-token"]
     assert posixpath.dirname(env["KINGMAKER_SCORING_TOKEN_FILE"]) == mounts["scoring-token"]
@@ -153,3 +154,38 @@ def test_a_settings_change_rolls_the_pods_and_a_traffic_change_does_not() -> Non
     changed = {n for n, c in checksums(settings).items() if c != checksums(base)[n]}
     assert changed == set(checksums(base)) and len(changed) == 8  # 2 colours x 3, controller, drift
     assert checksums(traffic) == checksums(base)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda p: p.name.removesuffix("-values.yaml"))
+def test_each_serving_process_has_its_own_writable_bentoml_home(scenario: Any) -> None:
+    """BentoML keeps its Prometheus multiprocess files in $BENTOML_HOME and empties them when a server starts:
+    the image's default home is on the read-only root, so each serving container points it at its pod's /tmp."""
+    for doc in render(scenario):
+        if doc.kind != "Deployment" or doc.obj["metadata"]["labels"]["app.kubernetes.io/component"] not in (
+                "router", "scorer"):
+            continue
+        (container,) = doc.obj["spec"]["template"]["spec"]["containers"]
+        home = _env(container)["BENTOML_HOME"]
+        mounts = {m["mountPath"] for m in container["volumeMounts"]}
+        assert any(home.startswith(m + "/") for m in mounts), (doc.name, home, mounts)
+
+
+def test_the_router_writes_its_segments_to_an_emptydir_and_trusts_the_scorers_with_its_own_token() -> None:
+    docs = render(SHADOW)
+    router = one(docs, "Deployment", "kingmaker-router-blue")["spec"]["template"]["spec"]
+    env = _env(router["containers"][0])
+    mounts = {m["name"]: m["mountPath"] for m in router["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in router["volumes"]}
+    assert env["KINGMAKER_LOG_SEGMENT_DIR"] == mounts["segments"]
+    assert volumes["segments"]["emptyDir"] == {"sizeLimit": "2Gi"} and env["KINGMAKER_LOG_FSYNC"] == "interval"
+    for name in ("kingmaker-router-blue", "kingmaker-champion-blue", "kingmaker-challenger-blue"):
+        pod = one(docs, "Deployment", name)["spec"]["template"]["spec"]
+        env = _env(pod["containers"][0])
+        mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "arm-token")
+        assert posixpath.dirname(env["KINGMAKER_ARM_TOKEN_FILE"]) == mount["mountPath"], name
+        assert next(v for v in pod["volumes"] if v["name"] == "arm-token")["secret"]["secretName"] == "kingmaker-router-arms"
+    cfg = router_config.parse(yaml.safe_load(one(docs, "ConfigMap", "fraud-shadow-router")["data"]["router.yaml"]))
+    assert cfg.champion_fallback.value == "challenger"
+    plain = render(CHART / "ci" / "minimal-values.yaml")
+    scorer = next(d.obj for d in plain if d.kind == "Deployment" and "champion" in d.name)["spec"]["template"]["spec"]
+    assert "KINGMAKER_ARM_TOKEN_FILE" not in _env(scorer["containers"][0])  # no Secret named: open, as before

@@ -8,31 +8,58 @@ import pytest
 
 from kingmaker.errors import PermanentError
 from kingmaker.roles import Mode
-from kingmaker.router_config import RouterConfig, dump, load, parse, update
+from kingmaker.router_config import ChampionFallback, RouterConfig, dump, load, parse, update
+
+SPLIT = {"mode": "split", "challenger_weight": 0.1}  # the keys every document states
 
 
 def test_defaults_and_full_document() -> None:
-    assert parse(None) == RouterConfig()
+    assert parse(SPLIT) == RouterConfig()
     cfg = parse({"mode": "shadow", "challenger_weight": 0.25, "salt": "v2", "routing_field": "card_id",
                  "champion_timeout_ms": 500, "challenger_timeout_ms": 100, "shadow_timeout_ms": 900,
-                 "shadow_max_in_flight": 10})
+                 "shadow_max_in_flight": 10, "champion_fallback": "challenger"})
     assert cfg.mode is Mode.SHADOW and cfg.challenger_weight == 0.25 and cfg.routing_field == "card_id"
-    assert cfg.shadow_timeout_ms == 900.0
-    assert cfg.as_dict()["mode"] == "shadow"
+    assert cfg.shadow_timeout_ms == 900.0 and cfg.champion_fallback is ChampionFallback.CHALLENGER
+    assert cfg.as_dict()["mode"] == "shadow" and cfg.as_dict()["champion_fallback"] == "challenger"
+    assert RouterConfig().champion_fallback is ChampionFallback.NONE  # off by default
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("", "is empty"),
+    ("# only a comment\n", "is empty"),
+    ("{}\n", "is empty"),
+    ("salt: s\nrouting_field: card_id\n", "missing key.s. mode, challenger_weight"),
+    ("mode: split\n", "missing key.s. challenger_weight .a truncated file"),
+])
+def test_empty_or_truncated_files_are_refused(tmp_path: Path, text: str, message: str) -> None:
+    """An empty file (or one cut short) used to reset every setting to its default: weight 0.3 became 0.1."""
+    path = tmp_path / "router.yaml"
+    path.write_text(text)
+    with pytest.raises(PermanentError, match=message):
+        load(path)
+
+
+def test_a_file_that_is_not_utf8_is_refused_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "router.yaml"
+    path.write_bytes(b"mode: split\nchallenger_weight: 0.3\nsalt: caf\xe9\n")
+    with pytest.raises(PermanentError, match=r"router.yaml is not UTF-8 text \(byte 44"):
+        load(path)
 
 
 @pytest.mark.parametrize(("doc", "message"), [
-    ({"weight": 0.2}, "unknown key"),
-    ({"mode": "canary"}, "mode must be one of"),
-    ({"challenger_weight": 1.2}, "challenger_weight must be in"),
-    ({"challenger_weight": True}, "challenger_weight must be a number"),
-    ({"challenger_weight": "0.1"}, "challenger_weight must be a number"),
-    ({"champion_timeout_ms": 0}, "champion_timeout_ms must be positive"),
-    ({"salt": 3}, "salt must be a string"),
-    ({"shadow_max_in_flight": -1}, "shadow_max_in_flight"),
-    ({"challenger_url": "ftp://x"}, "challenger_url must be an http"),
-    ({"champion_url": ""}, "champion_url cannot be empty"),
+    ({**SPLIT, "weight": 0.2}, "unknown key"),
+    ({**SPLIT, "mode": "canary"}, "mode must be one of"),
+    ({**SPLIT, "champion_fallback": "shadow"}, "champion_fallback must be one of"),
+    ({**SPLIT, "challenger_weight": 1.2}, "challenger_weight must be in"),
+    ({**SPLIT, "challenger_weight": True}, "challenger_weight must be a number"),
+    ({**SPLIT, "challenger_weight": "0.1"}, "challenger_weight must be a number"),
+    ({**SPLIT, "champion_timeout_ms": 0}, "champion_timeout_ms must be positive"),
+    ({**SPLIT, "salt": 3}, "salt must be a string"),
+    ({**SPLIT, "shadow_max_in_flight": -1}, "shadow_max_in_flight"),
+    ({**SPLIT, "challenger_url": "ftp://x"}, "challenger_url must be an http"),
+    ({**SPLIT, "champion_url": ""}, "champion_url cannot be empty"),
     ([1, 2], "expected a mapping"),
+    (None, "is empty"),
 ])
 def test_invalid_documents_name_the_key(doc: object, message: str) -> None:
     with pytest.raises(PermanentError, match=message):
@@ -41,7 +68,7 @@ def test_invalid_documents_name_the_key(doc: object, message: str) -> None:
 
 def test_arm_urls_are_optional_overrides() -> None:
     assert RouterConfig().champion_url is None and RouterConfig().challenger_url is None
-    cfg = parse({"champion_url": "http://127.0.0.1:4001/", "challenger_url": ""})
+    cfg = parse({**SPLIT, "champion_url": "http://127.0.0.1:4001/", "challenger_url": ""})
     assert cfg.champion_url == "http://127.0.0.1:4001" and cfg.challenger_url == ""
     assert parse(cfg.as_dict()) == cfg  # what the controller writes back is still valid
 

@@ -15,6 +15,7 @@ from kingmaker.errors import PermanentError
 from kingmaker.settings import (
     ControllerSettings,
     DriftSettings,
+    FsyncPolicy,
     LogSettings,
     MlflowSettings,
     ServingSettings,
@@ -25,7 +26,8 @@ from kingmaker.settings import (
 
 SETTINGS = (MlflowSettings, LogSettings, DriftSettings, ControllerSettings, ServingSettings)
 SENTINELS: dict[str, Any] = {"str": "x-sentinel", "str | None": "x-sentinel", "int": 7, "float": 0.5,
-                             "Path | None": Path("/x/sentinel"), "tuple[str, ...]": ("a", "b")}
+                             "Path | None": Path("/x/sentinel"), "tuple[str, ...]": ("a", "b"),
+                             "FsyncPolicy": FsyncPolicy.ALWAYS}
 
 
 def _raw(value: Any) -> str:
@@ -88,6 +90,12 @@ def test_empty_is_unset_unless_the_field_says_otherwise(monkeypatch: pytest.Monk
 def test_a_bad_number_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KINGMAKER_LOG_FLUSH_SECONDS", "soon")
     with pytest.raises(PermanentError, match=r"^KINGMAKER_LOG_FLUSH_SECONDS='soon' is not a valid float$"):
+        ServingSettings.from_env()
+
+
+def test_a_closed_set_names_its_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KINGMAKER_LOG_FSYNC", "sometimes")
+    with pytest.raises(PermanentError, match=r"^KINGMAKER_LOG_FSYNC='sometimes' is not one of never, interval, always$"):
         ServingSettings.from_env()
 
 
