@@ -11,6 +11,9 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# Router timeouts for tests about routing, not about slow arms: on a busy 2-core machine an arm's answer can take
+# longer than the production default (300 ms for the challenger), which would turn a routing test into a fallback.
+PATIENT = {"champion_timeout_ms": 10_000, "challenger_timeout_ms": 10_000, "shadow_timeout_ms": 30_000}
 
 
 def kingmaker(*args: str, home: Path, env: dict[str, str] | None = None, timeout: float = 600,

@@ -23,6 +23,7 @@ import yaml
 
 from bentos import procs
 from bentos.procs import ServiceProcess
+from tests.conftest import PATIENT
 
 
 @dataclass
@@ -57,7 +58,7 @@ def serving_stack(home: Path, work: Path, config: dict[str, Any], *, challenger:
     logs = work / "service-logs"
     logs.mkdir(exist_ok=True)
     config_path = work / "router.yaml"
-    config_path.write_text(yaml.safe_dump({"mode": "split", "challenger_weight": 0.1, "salt": "it", **config}))
+    config_path.write_text(yaml.safe_dump({"mode": "split", "challenger_weight": 0.1, **PATIENT, "salt": "it", **config}))
     champion = procs.scorer("champion", "models:/fraud-detector@champion", procs.free_port(), env=env, log_dir=logs)
     chall = (procs.scorer("challenger", "models:/fraud-detector@challenger", procs.free_port(), env=env, log_dir=logs)
              if challenger else None)

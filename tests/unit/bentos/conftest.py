@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import mlflow_store
+from tests.conftest import PATIENT, mlflow_store
 
 FEATURES = ["amount", "f01", "f02", "f03", "f04", "f05"]
 
@@ -225,7 +225,7 @@ async def router(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, apps: dict[str
 
     monkeypatch.setattr(arms, "make_connector", connector)
     config_path = tmp_path / "router.yaml"
-    config_path.write_text(yaml.safe_dump({"mode": "split", "challenger_weight": 0.1, "salt": "test", **(config or {})}))
+    config_path.write_text(yaml.safe_dump({"mode": "split", "challenger_weight": 0.1, **PATIENT, "salt": "test", **(config or {})}))
     values = {"KINGMAKER_CHAMPION_URL": champion_url, "KINGMAKER_CHALLENGER_URL": challenger_url,
               "KINGMAKER_ROUTER_CONFIG": str(config_path), "KINGMAKER_FEEDBACK_TOKEN": "fb-token",
               "KINGMAKER_PREDICTIONS_URL": str(tmp_path / "predictions"),
