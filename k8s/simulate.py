@@ -238,8 +238,8 @@ def run_experiments(traffic: Traffic, policy: Policy, looks: Ints, *, challenger
     full = (_arm_values(traffic.champion, policy), _arm_values(traffic.challenger, policy))
     g, pairs_before, _ = gains(traffic, policy, challenger_weight, (full[0][:2], full[1][:2]))
     bar = math.log(1.0 / policy.alpha)
-    best = _running_max(log_wealth(g))
-    worst = _running_max(log_wealth(-g))
+    best = _running_max(log_wealth(g, alpha=policy.alpha))
+    worst = _running_max(log_wealth(-g, alpha=policy.alpha))
     runs = g.shape[0]
     verdict = np.full(runs, Verdict.NONE.value, dtype=object)
     at = np.zeros(runs, dtype=np.int64)

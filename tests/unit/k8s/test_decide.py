@@ -85,12 +85,12 @@ def test_an_approval_counts_only_for_the_approved_version() -> None:
 
 
 def test_split_mode_pairs_nine_champion_rows_with_one_challenger_row() -> None:
-    champion = arm("1", scores(4500, fraud_score=0.0005))
+    champion = arm("1", scores(9000, fraud_score=0.0005))
     challenger = arm("2", GOOD)
     d = decide(observations(champion, challenger, mode=Mode.SPLIT, weight=0.1), policy(), State())
     assert d.reason is Reason.CHALLENGER_BETTER
-    assert d.evidence.tested == (4500 - 500) // 9  # 444 pairs, limited by the champion's 4,000 tested rows
-    assert "over 444 pairs" in d.message
+    assert d.evidence.tested == (9000 - 500) // 9  # 944 pairs, limited by the champion's 8,500 tested rows
+    assert "over 944 pairs" in d.message
 
 
 def test_recall_at_fpr_compares_detected_frauds_at_the_same_false_positive_rate() -> None:
