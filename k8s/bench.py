@@ -52,6 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--real-transactions", type=int, default=150_000, help="labelled transactions per replay")
     p.add_argument("--real-scores", type=Path, default=None,
                    help="cached real-data scores (.npz, see k8s.replay); default: train once into $KINGMAKER_CACHE")
+    p.add_argument("--core", action="store_true",
+                   help="only the per-mode cells (shadow, split, paired split x A/A, power), no sensitivity cells")
     p.add_argument("--quick", action="store_true",
                    help="smoke-test size: 6 runs of 4,000 transactions, 4 replays of 6,000")
 
@@ -124,16 +126,20 @@ def run(args: argparse.Namespace) -> int:
         cell("power_shadow", better, paired=True),
         cell("power_split", better, paired=False),
         cell("power_paired_split", better, paired=False, pairing=1.0),
+    ]
+    sensitivity = [
         cell("power_split_w50", better, paired=False, weight=0.5),
         cell("aa_split_w50", base, paired=False, weight=0.5),
         cell("aa_shadow_amounts", base, paired=True, pol=amount_policy),
         cell("power_shadow_amounts", better_at(base, amount_policy), paired=True, pol=amount_policy),
     ]
-    cells += [cell("aa_shadow_recall", base, paired=True, pol=recall_policy),
-              cell("aa_split_recall", base, paired=False, pol=recall_policy)]
+    sensitivity += [cell("aa_shadow_recall", base, paired=True, pol=recall_policy),
+                    cell("aa_split_recall", base, paired=False, pol=recall_policy)]
     for rho in (0.75, 0.95):
         scenario = dataclasses.replace(base, correlation=rho)
-        cells.append(cell(f"power_shadow_rho{int(rho * 100)}", better_at(scenario, policy), paired=True))
+        sensitivity.append(cell(f"power_shadow_rho{int(rho * 100)}", better_at(scenario, policy), paired=True))
+    if not args.core:
+        cells += sensitivity
 
     if args.real_runs > 0:
         from k8s import replay
@@ -221,6 +227,8 @@ def run(args: argparse.Namespace) -> int:
                         ("power_shadow_amounts", "shadow, amount-based cost (cap 500)"),
                         ("power_split_w50", "split 50/50"), ("power_split", "split 90/10"),
                         ("power_paired_split", "split 90/10, paired")):
+        if name not in results:
+            continue
         e = results[name]
         ax_power.plot(looks, [e.promoted_by(int(m)) for m in looks], label=label)
     ax_power.axhline(0.8, color="grey", ls=":", lw=1)
