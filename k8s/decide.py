@@ -22,6 +22,15 @@ The rules, in order (the first that applies wins):
 
 Statistics: `k8s.sequential` (why they stay valid under repeated looks is documented there). It takes
 plain numbers; `criterion_values` and `gain_scale` below are the one place the `Policy` is read for it.
+
+Which rows are compared (`comparison_rows`): in shadow mode every request, paired. In split mode with the
+Router's pairing on, a request answered by one arm is also scored by the other (logged with ``served``
+False); requests with both rows are compared as pairs of the same transaction (`split_pairs`), labels
+from the one transaction. This assumes a label does not depend on which arm answered: where an arm's
+decision changes the outcome (a blocked transaction's fraud label is only ever seen for the arm that
+blocked it), pairs favour the blocking arm, so leave pairing off or label blocked transactions by review.
+While pairs are fewer than the challenger's own answered requests, split mode compares each arm's served
+rows as two samples (blocks in the traffic ratio). ``Evidence.comparison`` records which.
 """
 
 from __future__ import annotations

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from k8s.bench import labels_for_power
-
 from kingmaker.cli import BENCHMARKS, main
 
 
