@@ -43,8 +43,8 @@ from drift_service.stats import (
     combined_severity,
     correct,
     ks,
-    psi,
     psi_categorical,
+    psi_numeric,
     worst,
 )
 from kingmaker.logs import feature_column
@@ -221,8 +221,8 @@ def _feature(name: str, reference: npt.NDArray[np.generic], current: npt.NDArray
 
 def _psi_ks(ref: SortedSample, cur: SortedSample, edges: Sequence[float],
             policy: Policy) -> tuple[PsiResult, KsResult]:
-    p = psi(ref, cur, edges=edges, threshold=policy.psi_moderate, severe_threshold=policy.psi_severe,
-            epsilon=policy.epsilon)
+    p = psi_numeric(ref, cur, edges=edges, threshold=policy.psi_moderate, severe_threshold=policy.psi_severe,
+                    epsilon=policy.epsilon)
     return p, ks(ref, cur, threshold=policy.alpha)
 
 

@@ -22,7 +22,8 @@ from sorted samples (ties handled), with Smirnov's asymptotic two-sided p-value
 returns; drift windows are far larger than the sizes where the exact distribution matters. p-values of
 many features are corrected together with `correct` (Benjamini–Hochberg by default, or Bonferroni).
 
-NaN values are dropped before any statistic; ``±inf`` count in the outer bins.
+NaN values are dropped before any statistic; ``±inf`` count in the outer bins. Numeric samples whose
+reference has at most `LOW_CARDINALITY` distinct values are binned per value instead (`psi_numeric`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ PSI_SEVERE: Final = 0.25
 ALPHA: Final = 0.05
 #: Label of the extra bin that holds categories the reference never saw.
 UNSEEN: Final = "<unseen>"
+#: A numeric sample with at most this many distinct values (a flag, a count) is binned per value, like a
+#: category: its quantile cut points would merge into one or two bins (a binary feature's deciles are all
+#: 0 or 1), hiding a shift from 5 % to 20 % ones entirely.
+LOW_CARDINALITY: Final = 10
 
 
 class Severity(StrEnum):
@@ -230,6 +235,24 @@ def psi_categorical(reference: npt.ArrayLike | Sequence[object], current: npt.Ar
                      reference_share=tuple(float(v) for v in r), current_share=tuple(float(v) for v in c),
                      n_reference=int(ref.size), n_current=int(cur.size),
                      statistic=Statistic.PSI_CATEGORICAL)
+
+
+def distinct_values(sample: SortedSample) -> int:
+    """Number of distinct values of a sorted sample."""
+    x = sample.values
+    return int(x.size and 1 + np.count_nonzero(x[1:] != x[:-1]))
+
+
+def psi_numeric(reference: npt.ArrayLike | SortedSample, current: npt.ArrayLike | SortedSample, *,
+                edges: Sequence[float], threshold: float = PSI_MODERATE, severe_threshold: float = PSI_SEVERE,
+                epsilon: float = EPSILON) -> PsiResult:
+    """PSI of a numeric feature: per value (`psi_categorical`) when the reference has at most
+    `LOW_CARDINALITY` distinct values, else on the stored quantile cut points ``edges`` (`psi`)."""
+    ref, cur = SortedSample.of(reference), SortedSample.of(current)
+    if 0 < distinct_values(ref) <= LOW_CARDINALITY:
+        return psi_categorical(ref.values, cur.values, threshold=threshold, severe_threshold=severe_threshold,
+                               epsilon=epsilon)
+    return psi(ref, cur, edges=edges, threshold=threshold, severe_threshold=severe_threshold, epsilon=epsilon)
 
 
 def _drop_missing(values: npt.ArrayLike | Sequence[object]) -> npt.NDArray[np.generic]:

@@ -10,9 +10,20 @@ labelled transactions up to ``--transactions``, ``--runs`` seeded experiments pe
   (target >= 80 % in shadow mode); split mode at the default 10 % weight and at 50 %;
 * median labelled transactions to a decision, power curves (PNG), and a sensitivity of shadow-mode
   power to the correlation between the two models' scores and to amount-based costs; A/A for the
-  recall-at-FPR criterion.
+  recall-at-FPR criterion;
+* every mode three ways: shadow, split 90/10 (unpaired: blocks of each arm's own requests) and split 90/10
+  with pairing (the other arm also scores each request off the response path; compared as pairs);
+* for each power cell, the labels the always-valid test needs for 80 % power and the same for a
+  fixed-horizon one-sided z-test of the same gains (planned for one look, not allowed to peek), and
+  their ratio;
+* **real data** (`k8s.replay`): bootstrap replays of the latest 40 % of the credit-card set, scored by
+  XGBoost models trained on the earliest 60 %, at the preregistered operating point (alert rate 0.3 %,
+  twice the fraud rate rounded; review cost 5, missed fraud 100): A/A per mode, and champions made worse
+  by measured steps of logit noise; ``--real-transactions`` per replay (150,000 by default, so the 80 %
+  power point is reached), power also read at 50,000.
 
-Writes ``bench-results/promotion.json`` and ``bench-results/promotion-power.png``.
+``--quick`` shrinks everything for a smoke test. Writes ``bench-results/promotion.json`` and
+``bench-results/promotion-power.png``, and prints a Markdown table for the README.
 """
 
 from __future__ import annotations
@@ -37,9 +48,42 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the fixed-threshold rule promotes when the challenger's cost is this much lower")
     p.add_argument("--seed", type=int, default=20261126, help="base seed")
     p.add_argument("--out", default="bench-results", help="folder for promotion.json and the PNG")
+    p.add_argument("--real-runs", type=int, default=100, help="real-data replays per cell (0: skip real data)")
+    p.add_argument("--real-transactions", type=int, default=150_000, help="labelled transactions per replay")
+    p.add_argument("--real-scores", type=Path, default=None,
+                   help="cached real-data scores (.npz, see k8s.replay); default: train once into $KINGMAKER_CACHE")
+    p.add_argument("--core", action="store_true",
+                   help="only the per-mode cells (shadow, split, paired split x A/A, power), no sensitivity cells")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke-test size: 6 runs of 4,000 transactions, 4 replays of 6,000")
+
+
+#: labelled transactions at which power is read for the README (the issue's horizon)
+POWER_AT = 50_000
+#: real-data operating point, fixed before measuring (expected cost, 2 x the 0.17 % fraud rate, rounded)
+REAL_ALERT_RATE = 0.003
+#: logit noise added to the champion in the real-data power cells (measured cost steps)
+REAL_STEPS = (3.0, 3.5)
+
+
+def labels_for_power(curve: Any, looks: Any, level: float = 0.8) -> float | None:
+    """Smallest look where ``curve`` (share of runs decided by then) reaches ``level``, linearly
+    interpolated between looks; None if it never does within the horizon."""
+    import numpy as np
+
+    above = np.flatnonzero(np.asarray(curve) >= level)
+    if above.size == 0:
+        return None
+    i = int(above[0])
+    if i == 0:
+        return float(looks[0])
+    x0, x1, y0, y1 = float(looks[i - 1]), float(looks[i]), float(curve[i - 1]), float(curve[i])
+    return x0 + (level - y0) * (x1 - x0) / (y1 - y0)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.quick:
+        args.runs, args.transactions, args.real_runs, args.real_transactions = 6, 4000, 4, 6000
     import matplotlib
 
     matplotlib.use("Agg")
@@ -56,9 +100,21 @@ def run(args: argparse.Namespace) -> int:
     base = Scenario(correlation=args.correlation)
     better = dataclasses.replace(base, challenger_separation=separation_for_cost(0.9, policy, base))
 
-    def cell(name: str, scenario: Scenario, *, paired: bool, weight: float = 0.1,
-             pol: Policy = policy) -> tuple[str, Setup, Policy]:
-        return name, Setup(scenario, args.transactions, args.look_every, paired, weight), pol
+    @dataclasses.dataclass(frozen=True)
+    class Cell:
+        name: str
+        data: str  # "synthetic" or "real"
+        setup: Setup
+        policy: Policy
+        champion_cost: float  # exact (synthetic) or measured on the whole latest part (real), per 1k
+        challenger_cost: float
+        traffic: Any = None  # real data: (runs, rng) -> Traffic
+
+    def cell(name: str, scenario: Scenario, *, paired: bool, weight: float = 0.1, pairing: float = 0.0,
+             pol: Policy = policy) -> Cell:
+        return Cell(name, "synthetic", Setup(scenario, args.transactions, args.look_every, paired, weight, pairing),
+                    pol, 1000 * expected_cost(scenario.champion_separation, pol, scenario),
+                    1000 * expected_cost(scenario.challenger_separation, pol, scenario))
 
     def better_at(scenario: Scenario, pol: Policy) -> Scenario:
         return dataclasses.replace(scenario, challenger_separation=separation_for_cost(0.9, pol, scenario))
@@ -66,56 +122,102 @@ def run(args: argparse.Namespace) -> int:
     cells = [
         cell("aa_shadow", base, paired=True),
         cell("aa_split", base, paired=False),
+        cell("aa_paired_split", base, paired=False, pairing=1.0),
         cell("power_shadow", better, paired=True),
         cell("power_split", better, paired=False),
+        cell("power_paired_split", better, paired=False, pairing=1.0),
+    ]
+    sensitivity = [
         cell("power_split_w50", better, paired=False, weight=0.5),
         cell("aa_split_w50", base, paired=False, weight=0.5),
         cell("aa_shadow_amounts", base, paired=True, pol=amount_policy),
         cell("power_shadow_amounts", better_at(base, amount_policy), paired=True, pol=amount_policy),
     ]
-    cells += [cell("aa_shadow_recall", base, paired=True, pol=recall_policy),
-              cell("aa_split_recall", base, paired=False, pol=recall_policy)]
+    sensitivity += [cell("aa_shadow_recall", base, paired=True, pol=recall_policy),
+                    cell("aa_split_recall", base, paired=False, pol=recall_policy)]
     for rho in (0.75, 0.95):
         scenario = dataclasses.replace(base, correlation=rho)
-        cells.append(cell(f"power_shadow_rho{int(rho * 100)}", better_at(scenario, policy), paired=True))
+        sensitivity.append(cell(f"power_shadow_rho{int(rho * 100)}", better_at(scenario, policy), paired=True))
+    if not args.core:
+        cells += sensitivity
 
-    print(f"{len(cells)} cells x {args.runs} runs, looks every {args.look_every} up to {args.transactions} "
-          f"labelled transactions; {os.cpu_count()} CPU(s)")
+    if args.real_runs > 0:
+        from k8s import replay
+
+        real = replay.load(args.real_scores)
+        real_policy = dataclasses.replace(policy, alert_rate=REAL_ALERT_RATE)
+
+        def real_cell(name: str, a: replay.Arm, b: replay.Arm, *, paired: bool, pairing: float = 0.0) -> Cell:
+            setup = Setup(base, args.real_transactions, args.look_every, paired, 0.1, pairing)
+            n = args.real_transactions
+
+            def traffic(runs: int, rng: np.random.Generator) -> Any:
+                if paired:
+                    return replay.shadow_replay(real, a, b, n, runs, rng)
+                if pairing:
+                    return replay.paired_split_replay(real, a, b, n, runs, pairing, rng)
+                return replay.split_replay(real, a, b, n, runs, 0.1, rng)
+
+            return Cell(f"real_{name}", "real", setup, real_policy, replay.population_cost(real, a, real_policy),
+                        replay.population_cost(real, b, real_policy), traffic)
+
+        swap, xgb = replay.Arm("swap"), replay.Arm("xgboost")
+        cells += [real_cell("aa_shadow", swap, swap, paired=True),
+                  real_cell("aa_split", xgb, xgb, paired=False),
+                  real_cell("aa_paired_split", swap, swap, paired=False, pairing=1.0)]
+        for step in REAL_STEPS:
+            worse = replay.Arm("xgboost", step)
+            cells.append(real_cell(f"power_shadow_noise{step:g}", worse, xgb, paired=True))
+        worse = replay.Arm("xgboost", REAL_STEPS[-1])
+        cells += [real_cell(f"power_split_noise{REAL_STEPS[-1]:g}", worse, xgb, paired=False),
+                  real_cell(f"power_paired_split_noise{REAL_STEPS[-1]:g}", worse, xgb, paired=False, pairing=1.0)]
+
+    total = sum(args.real_runs if c.data == "real" else args.runs for c in cells)
+    print(f"{len(cells)} cells, {total} runs: looks every {args.look_every} up to {args.transactions} (synthetic) "
+          f"/ {args.real_transactions} (real) labelled transactions; {os.cpu_count()} CPU(s)")
     results: dict[str, Experiments] = {}
     seconds: dict[str, float] = {}
-    chunk = 50
-    with tqdm(total=len(cells) * args.runs, desc="promotion experiments", unit="run") as bar:
-        for i, (name, setup, pol) in enumerate(cells):
+    with tqdm(total=total, desc="promotion experiments", unit="run") as bar:
+        for i, c in enumerate(cells):
             started = time.perf_counter()
-            results[name] = simulate(setup, pol, args.runs, args.seed + i, chunk=chunk,
-                                     fixed_rule_margin=args.fixed_margin, progress=bar.update)
-            seconds[name] = time.perf_counter() - started
+            results[c.name] = simulate(c.setup, c.policy, args.real_runs if c.data == "real" else args.runs,
+                                       args.seed + i, chunk=50 if c.data == "synthetic" else 20,
+                                       fixed_rule_margin=args.fixed_margin, progress=bar.update, traffic=c.traffic)
+            seconds[c.name] = time.perf_counter() - started
 
     looks = np.arange(args.look_every, args.transactions + 1, args.look_every)
 
-    def summary(name: str) -> dict[str, Any]:
-        e = results[name]
-        setup, pol = next((s, p) for n, s, p in cells if n == name)
+    def summary(c: Cell) -> dict[str, Any]:
+        e = results[c.name]
         promoted = e.verdict == Verdict.PROMOTE.value
-        champion_cost = expected_cost(setup.scenario.champion_separation, pol, setup.scenario)
-        challenger_cost = expected_cost(setup.scenario.challenger_separation, pol, setup.scenario)
+        cell_looks = c.setup.looks
+        curve = [e.promoted_by(int(m)) for m in cell_looks]
+        n80 = labels_for_power(curve, cell_looks)
+        z80 = labels_for_power(e.z_power(), cell_looks)
         return {
-            "mode": "shadow" if setup.paired else "split", "challenger_weight": setup.challenger_weight,
-            "correlation": setup.scenario.correlation, "criterion": pol.criterion.value,
-            "amount_based_cost": pol.cost.amount_feature is not None,
-            "champion_cost_per_1k": 1000 * champion_cost, "challenger_cost_per_1k": 1000 * challenger_cost,
+            "data": c.data, "mode": c.setup.mode, "challenger_weight": c.setup.challenger_weight,
+            "pairing": c.setup.pairing, "transactions": c.setup.transactions,
+            "correlation": c.setup.scenario.correlation if c.data == "synthetic" else None,
+            "criterion": c.policy.criterion.value, "alert_rate": c.policy.alert_rate,
+            "amount_based_cost": c.policy.cost.amount_feature is not None,
+            "champion_cost_per_1k": c.champion_cost, "challenger_cost_per_1k": c.challenger_cost,
+            "effect": 1 - c.challenger_cost / c.champion_cost,
             "runs": len(e.verdict), "promoted": e.rate(Verdict.PROMOTE), "rolled_back": e.rate(Verdict.ROLLBACK),
             "held_to_the_end": e.rate(Verdict.NONE),
+            f"promoted_by_{POWER_AT}": e.promoted_by(POWER_AT) if c.setup.transactions >= POWER_AT else None,
             "median_transactions_to_promotion": float(np.median(e.at[promoted])) if promoted.any() else None,
-            "fixed_rule_promoted": float(e.fixed_rule_promoted.mean()) if pol.criterion is Criterion.EXPECTED_COST
+            "labels_for_80pct_power": n80, "z_test_labels_for_80pct_power": z80,
+            "ratio_to_z_test": n80 / z80 if n80 is not None and z80 is not None else None,
+            "z_test_power_at_horizon": float(e.z_power()[-1]),
+            "fixed_rule_promoted": float(e.fixed_rule_promoted.mean()) if c.policy.criterion is Criterion.EXPECTED_COST
             else None,
             "fixed_rule_median_transactions": float(np.median(e.fixed_rule_at[e.fixed_rule_promoted]))
             if e.fixed_rule_promoted.any() else None,
-            "promoted_by": {int(m): e.promoted_by(int(m)) for m in looks[9::10]},
-            "seconds": seconds[name],
+            "promoted_by": {int(m): e.promoted_by(int(m)) for m in cell_looks[9::10]},
+            "seconds": seconds[c.name],
         }
 
-    numbers = {name: summary(name) for name, _, _ in cells}
+    numbers = {c.name: summary(c) for c in cells}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -123,14 +225,17 @@ def run(args: argparse.Namespace) -> int:
     for name, label in (("power_shadow", "shadow (paired)"), ("power_shadow_rho95", "shadow, correlation 0.95"),
                         ("power_shadow_rho75", "shadow, correlation 0.75"),
                         ("power_shadow_amounts", "shadow, amount-based cost (cap 500)"),
-                        ("power_split_w50", "split 50/50"), ("power_split", "split 90/10")):
+                        ("power_split_w50", "split 50/50"), ("power_split", "split 90/10"),
+                        ("power_paired_split", "split 90/10, paired")):
+        if name not in results:
+            continue
         e = results[name]
         ax_power.plot(looks, [e.promoted_by(int(m)) for m in looks], label=label)
     ax_power.axhline(0.8, color="grey", ls=":", lw=1)
     ax_power.set(title="Power: challenger with 10% lower expected cost", xlabel="labelled transactions",
                  ylabel="share of runs promoted", ylim=(0, 1))
     ax_power.legend(fontsize=8)
-    for name, label in (("aa_shadow", "shadow"), ("aa_split", "split 90/10")):
+    for name, label in (("aa_shadow", "shadow"), ("aa_split", "split 90/10"), ("aa_paired_split", "split 90/10, paired")):
         e = results[name]
         ax_aa.plot(looks, [e.promoted_by(int(m)) for m in looks], label=f"always-valid test, {label}")
         ax_aa.plot(looks, [float(np.mean(e.fixed_rule_promoted & (e.fixed_rule_at <= m))) for m in looks],
@@ -152,6 +257,7 @@ def run(args: argparse.Namespace) -> int:
         "review_cost": policy.cost.review_cost, "missed_fraud_cost": policy.cost.missed_fraud_cost,
         "amount_cap": amount_policy.cost.amount_cap, "correlation": args.correlation,
         "fixed_rule_margin": args.fixed_margin, "seed": args.seed, "cpus": os.cpu_count(),
+        "real_runs": args.real_runs, "real_transactions": args.real_transactions, "real_alert_rate": REAL_ALERT_RATE,
         "machine": platform.platform(), "cells": numbers, "plot": str(png),
     }
     (out / "promotion.json").write_text(json.dumps(report, indent=1))
@@ -163,5 +269,36 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name:<24} {row['promoted']:>9.1%} {row['rolled_back']:>12.1%} "
               f"{'-' if median is None else f'{median:.0f}':>9} {'-' if fixed is None else f'{fixed:.1%}':>11} "
               f"{row['champion_cost_per_1k']:>8.1f} vs {row['challenger_cost_per_1k']:.1f}")
+    print("\n" + readme_table(numbers))
     print(f"wrote {out / 'promotion.json'} and {png}")
     return 0
+
+
+def readme_table(numbers: dict[str, dict[str, Any]]) -> str:
+    """The README's table: per data set, mode and effect, power by 50k, median labels to a promotion, A/A
+    false promotions, and labels for 80 % power against the fixed-horizon z-test's."""
+    def pct(x: float | None) -> str:
+        return "–" if x is None else f"{x:.1%}"
+
+    def num(x: float | None) -> str:
+        return "–" if x is None else f"{x:,.0f}"
+
+    rows = ["| data | mode | challenger cheaper by | promoted by 50k | promoted (horizon) | median labels to promotion "
+            "| labels for 80 % power: test / z-test (ratio) | rolled back |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in numbers.items():
+        if r["criterion"] != "expected-cost" or r["amount_based_cost"] or r["challenger_weight"] != 0.1 \
+                or "rho" in name:
+            continue
+        aa = name.startswith(("aa_", "real_aa_"))
+        effect = "0 (A/A)" if aa else f"{r['effect']:.1%}"
+        mode = r["mode"] if r["mode"] == "shadow" else f"{r['mode']} 90/10"
+        power = "–" if aa or r["labels_for_80pct_power"] is None else (
+            f"{num(r['labels_for_80pct_power'])} / {num(r['z_test_labels_for_80pct_power'])} "
+            f"({r['ratio_to_z_test']:.2f}x)")
+        if not aa and r["labels_for_80pct_power"] is None and r["z_test_labels_for_80pct_power"] is not None:
+            power = f"> {num(r['transactions'])} / {num(r['z_test_labels_for_80pct_power'])}"
+        rows.append(f"| {r['data']} | {mode} | {effect} | {pct(r[f'promoted_by_{POWER_AT}'])} | "
+                    f"{pct(r['promoted'])} of {num(r['transactions'])} | {num(r['median_transactions_to_promotion'])} | "
+                    f"{power} | {pct(r['rolled_back'])} |")
+    return "\n".join(rows)

@@ -171,9 +171,9 @@ def decision_table(spec: Spec, status: Status, decision: Decision) -> str:
         (f"{policy.criterion.value}", _num(ev.champion.estimate), _num(ev.challenger.estimate)),
     ]
     width = max(len(str(r[0])) for r in rows) + 2
-    lines = [f"{spec.name}: model {spec.model_name}, {ev.mode.value} mode, challenger weight "
-             f"{spec.traffic.challenger_weight:g}, criterion {policy.criterion.value}, alpha {policy.alpha:g}, "
-             f"phase {status.phase.value}"]
+    lines = [f"{spec.name}: model {spec.model_name}, {ev.mode.value} mode ({ev.comparison.value} comparison), "
+             f"challenger weight {spec.traffic.challenger_weight:g}, criterion {policy.criterion.value}, "
+             f"alpha {policy.alpha:g}, phase {status.phase.value}"]
     lines += [f"  {a!s:<{width}}{b!s:>12}{c!s:>12}" for a, b, c in rows]
     if ev.difference is not None:
         ci = "" if ev.interval is None else f"  always-valid CS [{_num(ev.interval[0])}, {_num(ev.interval[1])}]"

@@ -22,6 +22,15 @@ The rules, in order (the first that applies wins):
 
 Statistics: `k8s.sequential` (why they stay valid under repeated looks is documented there). It takes
 plain numbers; `criterion_values` and `gain_scale` below are the one place the `Policy` is read for it.
+
+Which rows are compared (`comparison_rows`): in shadow mode every request, paired. In split mode with the
+Router's pairing on, a request answered by one arm is also scored by the other (logged with ``served``
+False); requests with both rows are compared as pairs of the same transaction (`split_pairs`), labels
+from the one transaction. This assumes a label does not depend on which arm answered: where an arm's
+decision changes the outcome (a blocked transaction's fraud label is only ever seen for the arm that
+blocked it), pairs favour the blocking arm, so leave pairing off or label blocked transactions by review.
+While pairs are fewer than the challenger's own answered requests, split mode compares each arm's served
+rows as two samples (blocks in the traffic ratio). ``Evidence.comparison`` records which.
 """
 
 from __future__ import annotations
@@ -88,7 +97,9 @@ class ArmRows:
     """One arm's logged predictions joined with their labels, any order (times are unix seconds).
 
     ``label`` is 1 (fraud), 0 (legitimate) or NaN (no label yet); ``label_ts`` is when the label arrived
-    (NaN without one). ``amount`` is the policy's amount feature (NaN where unknown), or None.
+    (NaN without one). ``amount`` is the policy's amount feature (NaN where unknown), or None. ``served``
+    says whether this arm's answer went to the client (split mode with pairing: the other arm also scored
+    the request off the response path and logged it with ``served`` False); None = not known.
     """
 
     version: str
@@ -98,12 +109,14 @@ class ArmRows:
     label_ts: Floats
     amount: Floats | None = None
     request_id: NDArray[np.str_] | None = None
+    served: NDArray[np.bool_] | None = None
 
     @classmethod
     def of(cls, version: str, *, ts: Sequence[float] | Floats, score: Sequence[float] | Floats,
            label: Sequence[float] | Floats, label_ts: Sequence[float] | Floats | None = None,
            amount: Sequence[float] | Floats | None = None,
-           request_id: Sequence[str] | NDArray[np.str_] | None = None) -> ArmRows:
+           request_id: Sequence[str] | NDArray[np.str_] | None = None,
+           served: Sequence[bool] | NDArray[np.bool_] | None = None) -> ArmRows:
         """Build from sequences; without ``label_ts`` every label is taken as known at prediction time."""
         ts_arr = np.asarray(ts, dtype=np.float64)
         label_arr = np.asarray(label, dtype=np.float64)
@@ -113,6 +126,7 @@ class ArmRows:
             else np.asarray(label_ts, dtype=np.float64),
             amount=None if amount is None else np.asarray(amount, dtype=np.float64),
             request_id=None if request_id is None else np.asarray(request_id, dtype=str),
+            served=None if served is None else np.asarray(served, dtype=bool),
         )
 
     def __len__(self) -> int:
@@ -149,7 +163,7 @@ class Observations:
     drift: DriftSummary | None = None
 
     @property
-    def paired(self) -> bool:
+    def shadow(self) -> bool:
         """Shadow mode: both arms scored the same requests, row ``i`` of each is the same request."""
         return self.mode is Mode.SHADOW
 
@@ -183,6 +197,17 @@ class Matured:
     amount: Floats | None
     immature: int  # younger than the label delay
     unlabelled: int  # old enough but no label arrived within the delay
+    ts: Floats | None = None  # prediction times, request ids and served flags of the rows (when known)
+    request_id: NDArray[np.str_] | None = None
+    served: NDArray[np.bool_] | None = None
+
+    def take(self, rows: NDArray[np.intp] | NDArray[np.bool_]) -> Matured:
+        """These rows only (indices or a mask), in the order given; the left-out counts stay."""
+        def pick(x: Any) -> Any:
+            return None if x is None else x[rows]
+
+        return Matured(self.score[rows], self.label[rows], pick(self.amount), self.immature, self.unlabelled,
+                       pick(self.ts), pick(self.request_id), pick(self.served))
 
     @property
     def labelled(self) -> int:
@@ -207,8 +232,54 @@ def mature(rows: ArmRows, *, now: float, label_delay_seconds: float) -> Matured:
     return Matured(
         score=rows.score[order][known], label=label[known] == 1.0,
         amount=None if rows.amount is None else rows.amount[order][known],
-        immature=int((~due).sum()), unlabelled=int((due & ~known).sum()),
+        immature=int((~due).sum()), unlabelled=int((due & ~known).sum()), ts=ts[known],
+        request_id=None if rows.request_id is None else rows.request_id[order][known],
+        served=None if rows.served is None else rows.served[order][known],
     )
+
+
+class Comparison(StrEnum):
+    """How the arms are compared: on the same transactions, or as two samples."""
+
+    PAIRED = "paired"  # shadow mode, or split mode where the other arm also scored the request
+    UNPAIRED = "unpaired"  # split mode: blocks of each arm's own requests (9 : 1 at a 10 % weight)
+
+
+def split_pairs(a: Matured, b: Matured) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+    """Split mode with pairing: rows of ``a`` and ``b`` for the same request, one arm served, one not.
+
+    Returned as index arrays into ``a`` and ``b``, ordered by the later of the two prediction times (when
+    the pair was complete), then request id: a pair enters the test once both rows have matured, so each
+    look extends the previous look's sequence. Rows without request ids or served flags never pair.
+    """
+    none = np.zeros(0, dtype=np.intp)
+    if a.request_id is None or b.request_id is None or a.served is None or b.served is None or a.ts is None \
+            or b.ts is None:
+        return none, none
+    common, ia, ib = np.intersect1d(a.request_id, b.request_id, assume_unique=True, return_indices=True)
+    one_served = a.served[ia] != b.served[ib]
+    common, ia, ib = common[one_served], ia[one_served], ib[one_served]
+    order = np.lexsort((common, np.maximum(a.ts[ia], b.ts[ib])))
+    return ia[order].astype(np.intp), ib[order].astype(np.intp)
+
+
+def comparison_rows(mode: Mode, a: Matured, b: Matured) -> tuple[Comparison, Matured, Matured]:
+    """The rows each arm contributes to the comparison, and how they are compared.
+
+    Shadow: every row, paired row by row. Split: the pairs of `split_pairs` when there are at least as many
+    as the challenger's own served rows (with ``pairing: all`` always; at a pairing sample rate below the
+    challenger's weight, never), else each arm's served rows as two samples (rows without a served flag
+    count as served). The choice is made at every look from these counts; at a pairing rate close to the
+    challenger weight it can go either way early on, so pair all traffic, or at least twice the weight.
+    """
+    if mode is Mode.SHADOW:
+        return Comparison.PAIRED, a, b
+    ia, ib = split_pairs(a, b)
+    served_b = b.labelled if b.served is None else int(b.served.sum())
+    if ia.size and ia.size >= served_b:
+        return Comparison.PAIRED, a.take(ia), b.take(ib)
+    return (Comparison.UNPAIRED, a if a.served is None else a.take(a.served),
+            b if b.served is None else b.take(b.served))
 
 
 # --- outputs -----------------------------------------------------------------------------------
@@ -233,6 +304,7 @@ class Evidence:
     challenger: ArmEvidence
     alpha: float
     looks: int  # this look included
+    comparison: Comparison = Comparison.PAIRED  # paired transactions, or two samples (split without enough pairs)
     tested: int = 0  # observations (rows, frauds or pairs) in the test
     difference: float | None = None  # challenger minus champion, criterion units (cost per 1k transactions ...)
     interval: tuple[float, float] | None = None  # always-valid (1 - 2 alpha) confidence sequence for it
@@ -292,14 +364,14 @@ def _problems(obs: Observations) -> list[str]:
         found.append(f"observation time is not finite ({obs.now})")
     if not 0.0 <= obs.challenger_weight <= 1.0:
         found.append(f"challenger weight {obs.challenger_weight} is outside [0, 1]")
-    elif not obs.paired and not 0.0 < obs.challenger_weight < 1.0:
+    elif not obs.shadow and not 0.0 < obs.challenger_weight < 1.0:
         found.append(f"split mode needs both arms in traffic, got challenger weight {obs.challenger_weight:g}")
     if obs.champion.version == obs.challenger.version:
         found.append(f"champion and challenger are the same version ({obs.champion.version})")
     for name, arm in (("champion", obs.champion), ("challenger", obs.challenger)):
         n = len(arm)
         arrays = {"score": arm.score, "label": arm.label, "label_ts": arm.label_ts, "amount": arm.amount,
-                  "request_id": arm.request_id}
+                  "request_id": arm.request_id, "served": arm.served}
         wrong = [k for k, v in arrays.items() if v is not None and v.shape != (n,)]
         if wrong:
             found.append(f"{name}: {', '.join(wrong)} not one value per row ({n} rows)")
@@ -316,7 +388,7 @@ def _problems(obs: Observations) -> list[str]:
             found.append(f"{name}: a label without a label time")
         if arm.amount is not None and np.any(arm.amount < 0):
             found.append(f"{name}: negative amounts")
-    if obs.paired and not found:
+    if obs.shadow and not found:
         a, b = obs.champion, obs.challenger
         if len(a) != len(b):
             found.append(f"shadow mode needs the same requests on both arms, got {len(a)} and {len(b)} rows")
@@ -371,24 +443,25 @@ def _mean(x: Floats) -> float:
     return float(x.mean()) if x.size else math.nan
 
 
-def _betting(a: Matured, b: Matured, obs: Observations, policy: Policy) -> _Test:
-    """The always-valid comparison of two arms' per-row values (higher is better)."""
+def _betting(a: Matured, b: Matured, paired: bool, challenger_weight: float, policy: Policy) -> _Test:
+    """The always-valid comparison of two arms' per-row values (higher is better); ``paired``: row ``i`` of
+    each arm is the same transaction."""
     va, ta, fa = criterion_values(a.score, a.label, _missed(a, policy), policy)
     vb, tb, fb = criterion_values(b.score, b.label, _missed(b, policy), policy)
-    scale = gain_scale(policy, obs.paired)
-    if obs.paired:
+    scale = gain_scale(policy, paired)
+    if paired:
         both = ta & tb
         gains = (vb[both] - va[both]) / scale
         rows_a = rows_b = both
     else:
-        ka, kb = split_ratio(obs.challenger_weight)
+        ka, kb = split_ratio(challenger_weight)
         a_mean, b_mean = pair_blocks(va[ta][None, :], vb[tb][None, :], (ka, kb))
         gains = (b_mean[0] - a_mean[0]) / scale
         # the rows that made the pairs
         rows_a = ta & (np.cumsum(ta) <= a_mean.shape[1] * ka)
         rows_b = tb & (np.cumsum(tb) <= b_mean.shape[1] * kb)
     result = betting_test(gains, policy.alpha)
-    frauds = int(a.label[rows_a].sum() + (0 if obs.paired else b.label[rows_b].sum()))
+    frauds = int(a.label[rows_a].sum() + (0 if paired else b.label[rows_b].sum()))
     if policy.criterion is Criterion.EXPECTED_COST:
         # per-arm estimates: plain cost; the difference and its interval: the test's corrected cost
         cost_a = transaction_costs(fa, a.label, _missed(a, policy), policy.cost.review_cost)
@@ -396,7 +469,7 @@ def _betting(a: Matured, b: Matured, obs: Observations, policy: Policy) -> _Test
         return _Test(1000.0 * _mean(cost_a[rows_a]), 1000.0 * _mean(cost_b[rows_b]), result,
                      -1000.0 * sequential.cost_scale(policy.cost.bound, policy.alert_rate) * scale, frauds)
     # recall: the gain's mean is (fraud share) x (recall difference), up to the scale
-    share = (frauds / (rows_a.sum() if obs.paired else rows_a.sum() + rows_b.sum())) if frauds else math.nan
+    share = (frauds / (rows_a.sum() if paired else rows_a.sum() + rows_b.sum())) if frauds else math.nan
     return _Test(_mean(fa[rows_a & a.label].astype(np.float64)), _mean(fb[rows_b & b.label].astype(np.float64)),
                  result, scale / share if frauds else math.nan, frauds)
 
@@ -445,10 +518,11 @@ def decide(observations: Observations, policy: Policy, state: State) -> Decision
     missing = tuple(name for name, value, _, _ in readings if value is None)
 
     delay = policy.label_delay_seconds
-    ma = mature(obs.champion, now=obs.now, label_delay_seconds=delay)
-    mb = mature(obs.challenger, now=obs.now, label_delay_seconds=delay)
+    comparison, ma, mb = comparison_rows(obs.mode, mature(obs.champion, now=obs.now, label_delay_seconds=delay),
+                                         mature(obs.challenger, now=obs.now, label_delay_seconds=delay))
+    paired = comparison is Comparison.PAIRED
     evidence = replace(
-        blank,
+        blank, comparison=comparison,
         champion=ArmEvidence(obs.champion.version, ma.labelled, ma.positives, ma.unlabelled, ma.immature),
         challenger=ArmEvidence(obs.challenger.version, mb.labelled, mb.positives, mb.unlabelled, mb.immature),
         score_psi=psi, drifted_features=() if obs.drift is None else obs.drift.drifted_features,
@@ -472,7 +546,7 @@ def decide(observations: Observations, policy: Policy, state: State) -> Decision
     if policy.criterion is Criterion.PR_AUC:
         return _decide_plan(obs, policy, next_state, evidence, ma, mb, missing)
 
-    test = _betting(ma, mb, obs, policy)
+    test = _betting(ma, mb, paired, obs.challenger_weight, policy)
     r = test.result
     lo, hi = sorted((r.lower * test.to_units, r.upper * test.to_units))
     evidence = replace(
@@ -484,7 +558,7 @@ def decide(observations: Observations, policy: Policy, state: State) -> Decision
     if r.n == 0:
         return verdict(Reason.INSUFFICIENT_SAMPLES,
                        "no transactions past the threshold warm-up yet: the test has nothing to compare", evidence)
-    what = _describe(policy, test, r.n, obs.paired)
+    what = _describe(policy, test, r.n, obs.mode, paired)
     ci = f"{round(100 * (1 - 2 * policy.alpha))}% CS [{_fmt(lo)}, {_fmt(hi)}]"
     if r.worse:
         return verdict(Reason.CHALLENGER_WORSE,
@@ -498,8 +572,8 @@ def decide(observations: Observations, policy: Policy, state: State) -> Decision
                    evidence)
 
 
-def _describe(policy: Policy, test: _Test, n: int, paired: bool) -> str:
-    unit = "transactions" if paired else "pairs"
+def _describe(policy: Policy, test: _Test, n: int, mode: Mode, paired: bool) -> str:
+    unit = "transactions" if mode is Mode.SHADOW else "paired transactions" if paired else "pairs"
     if policy.criterion is Criterion.EXPECTED_COST:
         return (f"challenger cost {_fmt(test.challenger)} vs champion {_fmt(test.champion)} per 1k txns "
                 f"at alert rate {policy.alert_rate:g} over {n} {unit}")
@@ -540,7 +614,7 @@ def _decide_plan(obs: Observations, policy: Policy, state: State, evidence: Evid
                         f"next planned PR-AUC analysis ({done + 1}/{K}) at {need} labelled per arm, have {have}",
                         evidence, state)
     plan = pr_auc_analysis((ma.score, ma.label.astype(np.float64)), (mb.score, mb.label.astype(np.float64)),
-                           paired=obs.paired, alpha=policy.alpha, analysis=reached, analyses=K)
+                           paired=evidence.comparison is Comparison.PAIRED, alpha=policy.alpha, analysis=reached, analyses=K)
     state = replace(state, analyses_done=reached)
     diff = plan.challenger - plan.champion
     evidence = replace(

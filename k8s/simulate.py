@@ -16,6 +16,7 @@ look and returns each run's first verdict, so the benchmark measures the code th
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -92,7 +93,8 @@ class ArmStream:
 
 @dataclass(frozen=True, eq=False)
 class Traffic:
-    """Both arms' streams. ``challenger_before[:, m]`` = challenger rows among the first ``m`` transactions."""
+    """Both arms' streams. ``challenger_before[:, m]`` = challenger rows among the first ``m`` transactions
+    (paired traffic: rows of both arms, i.e. the transactions both arms scored)."""
 
     champion: ArmStream
     challenger: ArmStream
@@ -101,10 +103,9 @@ class Traffic:
 
     def rows_at(self, transactions: int) -> tuple[Ints, Ints]:
         """Rows per arm ``(champion, challenger)`` once ``transactions`` labelled transactions exist."""
-        if self.paired:
-            full = np.full(self.challenger_before.shape[0], transactions, dtype=np.int64)
-            return full, full
         b = self.challenger_before[:, transactions]
+        if self.paired:
+            return b, b
         return transactions - b, b
 
 
@@ -119,9 +120,39 @@ def shadow_traffic(scenario: Scenario, n: int, runs: int, rng: np.random.Generat
         own = rng.standard_normal((runs, n))
         return _sigmoid(separation * labels + math.sqrt(rho) * shared + math.sqrt(1 - rho) * own)
 
-    a, b = arm(scenario.champion_separation), arm(scenario.challenger_separation)
+    return shadow_traffic_of(arm(scenario.champion_separation), arm(scenario.challenger_separation), labels, amounts)
+
+
+def shadow_traffic_of(champion: Floats, challenger: Floats, labels: Bools, amounts: Floats) -> Traffic:
+    """Paired traffic from both arms' scores of the same ``(runs, n)`` transactions."""
+    runs, n = labels.shape
     before = np.broadcast_to(np.arange(n + 1), (runs, n + 1))
-    return Traffic(ArmStream(a, labels, amounts), ArmStream(b, labels, amounts), True, before)
+    return Traffic(ArmStream(champion, labels, amounts), ArmStream(challenger, labels, amounts), True, before)
+
+
+def paired_split_traffic(scenario: Scenario, n: int, runs: int, pairing: float,
+                         rng: np.random.Generator) -> Traffic:
+    """Split mode with pairing: each request is answered by one arm and, with probability ``pairing``, also
+    scored by the other off the response path; `k8s.decide` compares the arms on those pairs.
+
+    Which arm answered does not change a pair (labels do not depend on it, `k8s.decide.split_pairs`), so
+    this is shadow traffic thinned to the paired requests, each run's pairs moved to the front.
+    """
+    return thin(shadow_traffic(scenario, n, runs, rng), rng.random((runs, n)) < pairing)
+
+
+def thin(traffic: Traffic, keep: Bools) -> Traffic:
+    """Paired traffic restricted to the transactions in ``keep`` (per run, order kept, moved to the front)."""
+    order = np.argsort(~keep, axis=1, kind="stable")
+
+    def take(stream: ArmStream) -> ArmStream:
+        return ArmStream(np.take_along_axis(stream.scores, order, axis=1),
+                         np.take_along_axis(stream.labels, order, axis=1),
+                         np.take_along_axis(stream.amounts, order, axis=1))
+
+    before = np.zeros((keep.shape[0], keep.shape[1] + 1), dtype=np.int64)
+    np.cumsum(keep, axis=1, out=before[:, 1:])
+    return Traffic(take(traffic.champion), take(traffic.challenger), True, before)
 
 
 def split_traffic(scenario: Scenario, n: int, runs: int, challenger_weight: float,
@@ -159,6 +190,11 @@ class Experiments:
     at: Ints
     fixed_rule_promoted: Bools  # the peers-style rule on the same data (expected cost only)
     fixed_rule_at: Ints
+    z_significant: Bools  # (runs, looks): a fixed-horizon z-test run once, at that look, would reject
+
+    def z_power(self) -> Floats:
+        """Per look: the share of runs a fixed-horizon one-sided z-test planned for that look rejects."""
+        return np.asarray(self.z_significant.mean(axis=0), dtype=np.float64)
 
     def rate(self, verdict: Verdict) -> float:
         return float(np.mean(self.verdict == verdict.value))
@@ -205,7 +241,8 @@ def gains(traffic: Traffic, policy: Policy, challenger_weight: float = 0.1,
     if traffic.paired:
         both = ta & tb
         packed, before = _compact((vb - va) / scale, both)
-        return packed, before, before
+        at = np.take_along_axis(before, traffic.challenger_before, axis=1)  # transactions -> rows
+        return packed, at, at
     pa, before_a = _compact(va, ta)
     pb, before_b = _compact(vb, tb)
     ka, kb = split_ratio(challenger_weight)
@@ -217,6 +254,21 @@ def gains(traffic: Traffic, policy: Policy, challenger_weight: float = 0.1,
     pairs = np.minimum(tested_a // ka, tested_b // kb)
     pairs = np.minimum(pairs, a_mean.shape[1])
     return (b_mean - a_mean) / scale, pairs, tested_a
+
+
+def z_statistic(g: Floats) -> Floats:
+    """``out[:, p]`` = the z statistic ``mean / (sd / sqrt(p))`` of the first ``p`` gains (0 for p < 2)."""
+    runs, n = g.shape
+    s1 = np.zeros((runs, n + 1))
+    s2 = np.zeros((runs, n + 1))
+    np.cumsum(g, axis=1, out=s1[:, 1:])
+    np.cumsum(g * g, axis=1, out=s2[:, 1:])
+    p = np.arange(n + 1, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = s1 / p
+        var = (s2 - p * mean * mean) / (p - 1)
+        z = mean / np.sqrt(var / p)
+    return np.where((p >= 2) & (var > 0), z, 0.0)
 
 
 def _running_max(x: Floats) -> Floats:
@@ -233,13 +285,18 @@ def run_experiments(traffic: Traffic, policy: Policy, looks: Ints, *, challenger
     Mirrors `k8s.decide.decide` with all guardrails healthy: HOLD until both arms have
     ``minLabelledPerArm`` rows and ``minPositivesPerArm`` frauds; then ROLLBACK if the "worse" test has
     rejected, else PROMOTE if the "better" test has, else HOLD. The fixed rule promotes at the first gated
-    look where the challenger's mean cost is ``fixed_rule_margin`` below the champion's.
+    look where the challenger's mean cost is ``fixed_rule_margin`` below the champion's. ``z_significant``:
+    at each gated look, whether a fixed-horizon one-sided z-test of the same gains at ``alpha`` rejects (the
+    oracle that may not peek: valid only when planned for that one look).
     """
     full = (_arm_values(traffic.champion, policy), _arm_values(traffic.challenger, policy))
     g, pairs_before, _ = gains(traffic, policy, challenger_weight, (full[0][:2], full[1][:2]))
     bar = math.log(1.0 / policy.alpha)
-    best = _running_max(log_wealth(g))
-    worst = _running_max(log_wealth(-g))
+    best = _running_max(log_wealth(g, alpha=policy.alpha))
+    worst = _running_max(log_wealth(-g, alpha=policy.alpha))
+    z = z_statistic(g)
+    z_bar = float(stats.norm.isf(policy.alpha))
+    z_significant = np.zeros((g.shape[0], len(looks)), dtype=bool)
     runs = g.shape[0]
     verdict = np.full(runs, Verdict.NONE.value, dtype=object)
     at = np.zeros(runs, dtype=np.int64)
@@ -257,12 +314,13 @@ def run_experiments(traffic: Traffic, policy: Policy, looks: Ints, *, challenger
         counts = tuple(np.concatenate([np.zeros((runs, 1), np.int64), np.cumsum(t, axis=1)], axis=1)
                        for _, t in plain)
     rows = np.arange(runs)
-    for m in looks:
+    for look, m in enumerate(looks):
         n_a, n_b = traffic.rows_at(int(m))
         gate = ((n_a >= policy.min_labelled_per_arm) & (n_b >= policy.min_labelled_per_arm)
                 & (pos_a[rows, np.minimum(n_a, pos_a.shape[1] - 1)] >= policy.min_positives_per_arm)
                 & (pos_b[rows, np.minimum(n_b, pos_b.shape[1] - 1)] >= policy.min_positives_per_arm))
         p = pairs_before[rows, m]
+        z_significant[:, look] = gate & (z[rows, p] >= z_bar)
         open_ = gate & (verdict == Verdict.NONE.value)
         worse = open_ & (worst[rows, p] >= bar)
         better = open_ & ~worse & (best[rows, p] >= bar)
@@ -279,7 +337,7 @@ def run_experiments(traffic: Traffic, policy: Policy, looks: Ints, *, challenger
             hit = gate & ~fixed & (na_t[rows, ia] > 0) & (nb_t[rows, ib] > 0) & (mean_b <= (1 - fixed_rule_margin) * mean_a)
             fixed_at[hit] = m
             fixed |= hit
-    return Experiments(verdict.astype(str), at, fixed, fixed_at)
+    return Experiments(verdict.astype(str), at, fixed, fixed_at, z_significant)
 
 
 @dataclass(frozen=True)
@@ -289,8 +347,13 @@ class Setup:
     scenario: Scenario = field(default_factory=Scenario)
     transactions: int = 50_000
     look_every: int = 500
-    paired: bool = True
+    paired: bool = True  # shadow mode
     challenger_weight: float = 0.1
+    pairing: float = 0.0  # split mode: share of requests the other arm also scores (compared as pairs)
+
+    @property
+    def mode(self) -> str:
+        return "shadow" if self.paired else "paired split" if self.pairing else "split"
 
     @property
     def looks(self) -> Ints:
@@ -299,26 +362,28 @@ class Setup:
     def traffic(self, runs: int, rng: np.random.Generator) -> Traffic:
         if self.paired:
             return shadow_traffic(self.scenario, self.transactions, runs, rng)
+        if self.pairing:
+            return paired_split_traffic(self.scenario, self.transactions, runs, self.pairing, rng)
         return split_traffic(self.scenario, self.transactions, runs, self.challenger_weight, rng)
 
 
 def simulate(setup: Setup, policy: Policy, runs: int, seed: int, *, chunk: int = 50,
-             fixed_rule_margin: float = 0.05, progress: Callable[[int], object] | None = None) -> Experiments:
+             fixed_rule_margin: float = 0.05, progress: Callable[[int], object] | None = None,
+             traffic: Callable[[int, np.random.Generator], Traffic] | None = None) -> Experiments:
     """``runs`` seeded experiments of ``setup`` under ``policy``, ``chunk`` runs at a time.
 
     ``progress`` is called with the number of runs finished after each chunk (e.g. ``tqdm.update``).
+    ``traffic(runs, rng)`` replaces the setup's synthetic traffic (the real-data replays, `k8s.replay`).
     """
     parts = []
     for start in range(0, runs, chunk):
         rng = np.random.default_rng([seed, start])
         size = min(chunk, runs - start)
-        traffic = setup.traffic(size, rng)
-        parts.append(run_experiments(traffic, policy, setup.looks, challenger_weight=setup.challenger_weight,
+        streams = setup.traffic(size, rng) if traffic is None else traffic(size, rng)
+        parts.append(run_experiments(streams, policy, setup.looks, challenger_weight=setup.challenger_weight,
                                      fixed_rule_margin=fixed_rule_margin))
         if progress is not None:
             progress(size)
-    return Experiments(
-        np.concatenate([p.verdict for p in parts]), np.concatenate([p.at for p in parts]),
-        np.concatenate([p.fixed_rule_promoted for p in parts]), np.concatenate([p.fixed_rule_at for p in parts]),
-    )
+    return Experiments(*(np.concatenate([getattr(p, f.name) for p in parts])
+                         for f in dataclasses.fields(Experiments)))
 

@@ -22,7 +22,7 @@ from kingmaker.roles import Arm, Mode
 
 log = logging.getLogger(__name__)
 
-_COLUMNS = ("request_id", "ts", "arm", "mode", "model_version", "score")
+_COLUMNS = ("request_id", "ts", "arm", "served", "mode", "model_version", "score")
 
 
 def _unix(column: pd.Series) -> np.ndarray:
@@ -34,7 +34,7 @@ def _unix(column: pd.Series) -> np.ndarray:
 def _empty(version: str, with_amount: bool) -> ArmRows:
     nothing: list[float] = []
     return ArmRows.of(version, ts=nothing, score=nothing, label=nothing, label_ts=nothing,
-                      amount=nothing if with_amount else None, request_id=[])
+                      amount=nothing if with_amount else None, request_id=[], served=[])
 
 
 def _arm_rows(version: str, frame: pd.DataFrame, amount: str | None) -> ArmRows:
@@ -42,7 +42,7 @@ def _arm_rows(version: str, frame: pd.DataFrame, amount: str | None) -> ArmRows:
         version, ts=frame["t"].to_numpy(np.float64), score=frame["score"].to_numpy(np.float64),
         label=frame["label"].to_numpy(np.float64), label_ts=frame["label_t"].to_numpy(np.float64),
         amount=None if amount is None else frame[amount].to_numpy(np.float64),
-        request_id=frame["request_id"].astype(str).to_numpy(),
+        request_id=frame["request_id"].astype(str).to_numpy(), served=frame["served"].to_numpy(bool),
     )
 
 
@@ -56,6 +56,10 @@ class LogWindows:
     id (each request once, in prediction-time order; both arms carry the champion row's time). A request
     logged twice on one arm counts once. ``since`` bounds the read for very long logs (it also bounds the
     test's sequence, so leave it None unless the log outgrows memory).
+
+    Split mode keeps each arm's rows with their ``served`` flag: with pairing on, the Router logs a paired
+    request on both arms (served True on the arm that answered, False on the other), and `k8s.decide`
+    compares the arms on those pairs (`k8s.decide.split_pairs`).
     """
 
     predictions_url: str
@@ -92,8 +96,8 @@ class LogWindows:
         champion, challenger = (self._joined(f, labels) for f in (champion, challenger))
         if mode is Mode.SHADOW:
             return self._paired(pair, champion, challenger, amount)
-        start = challenger["t"].min()
-        champion = champion[champion["t"] >= start]
+        start = challenger["t"].min()  # (a request the challenger scored counts, though answered a moment before)
+        champion = champion[(champion["t"] >= start) | champion["request_id"].isin(challenger["request_id"])]
         return _arm_rows(pair.champion, champion, amount), _arm_rows(pair.challenger, challenger, amount)
 
     @staticmethod
@@ -113,5 +117,5 @@ class LogWindows:
         both = champion.merge(challenger[["request_id", "score"]], on="request_id", suffixes=("", "_b"),
                               validate="one_to_one")
         both = both.sort_values(["t", "request_id"], kind="stable")
-        challenger_side = both.assign(score=both["score_b"])
+        challenger_side = both.assign(score=both["score_b"], served=False)
         return _arm_rows(pair.champion, both, amount), _arm_rows(pair.challenger, challenger_side, amount)

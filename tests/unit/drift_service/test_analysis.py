@@ -117,6 +117,36 @@ def test_categorical_feature_counts_unseen_categories(window_of: WindowFactory) 
     assert x.kind is FeatureKind.NUMERIC and x.psi is not None and x.psi.score < 0.05
 
 
+def test_a_binary_numeric_feature_is_binned_per_value(window_of: WindowFactory) -> None:
+    """5 % ones in training, 20 % live. Quantile bins merge into one edge (all deciles are 0), so the old
+    PSI was 0. Per value: (0.80 - 0.95) ln(0.80 / 0.95) + (0.20 - 0.05) ln(0.20 / 0.05) = 0.0258 + 0.2079
+    = 0.2337 (the unseen-value bin is empty in both samples: 0); moderate on its own, severe with KS."""
+    n_ref, n_cur = 4000, 2000
+    train = pd.DataFrame({"flag": (np.arange(n_ref) % 20 == 0).astype(float), "x": np.linspace(-2, 2, n_ref)})
+    live = pd.DataFrame({"flag": (np.arange(n_cur) % 5 == 0).astype(float), "x": np.linspace(-2, 2, n_cur)})
+    ref = make_reference(train)
+    result = analyse(window_of(live), ref, [ArmReference(Arm.CHAMPION, None, ref)], Policy())
+    flag = next(f for f in result.features if f.name == "flag")
+    assert flag.kind is FeatureKind.NUMERIC and flag.psi is not None and flag.ks is not None
+    assert flag.psi.bins == ("0.0", "1.0", "<unseen>")
+    hand = (0.80 - 0.95) * np.log(0.80 / 0.95) + (0.20 - 0.05) * np.log(0.20 / 0.05)
+    assert flag.psi.score == pytest.approx(hand, abs=1e-12) == pytest.approx(0.2337, abs=1e-4)
+    assert flag.severity is Severity.SEVERE  # PSI >= 0.1 confirmed by KS
+    assert reference.quantile_edges(train["flag"]) == [0.0]  # what the old binning had to work with
+
+
+def test_numeric_features_with_more_than_ten_values_keep_quantile_bins() -> None:
+    from drift_service.stats import LOW_CARDINALITY, psi_numeric
+
+    eleven = np.arange(1100) % (LOW_CARDINALITY + 1)
+    ten = np.arange(1000) % LOW_CARDINALITY
+    edges = reference.quantile_edges(eleven)
+    assert len(psi_numeric(eleven, eleven, edges=edges).bins) == len(edges) + 1
+    assert psi_numeric(ten, ten, edges=reference.quantile_edges(ten)).bins[-1] == "<unseen>"
+    unseen = psi_numeric(ten, np.full(1000, 42.0), edges=[])
+    assert unseen.current_share[-1] == 1.0  # a value never seen in training counts in the unseen bin
+
+
 def test_missing_values_are_counted_and_dropped(window_of: WindowFactory) -> None:
     x = normal_frame(2000, features=2, seed=10)
     x.loc[:499, "x0"] = np.nan

@@ -108,11 +108,12 @@ def spec(**policy: Any) -> Spec:
 
 def traffic_frame(n: int, *, champion: str, challenger: str, mode: Mode = Mode.SHADOW,
                   separations: tuple[float, float] = (1.0, 3.5), seed: int = 1, t0: float = T0,
-                  weight: float = 0.5) -> tuple[pd.DataFrame, pd.DataFrame]:
+                  weight: float = 0.5, pairing: float = 0.0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Prediction rows and label rows for ``n`` requests (k8s.simulate's scores: separation = quality).
 
-    Shadow: every request on both arms. Split: each request on one arm (challenger with ``weight``).
-    Labels arrive 60 s after the request.
+    Shadow: every request on both arms. Split: each request answered by one arm (challenger with
+    ``weight``); a share ``pairing`` of requests is also scored by the other arm (``served`` False), logged
+    a millisecond later, as the Router's pairing does. Labels arrive 60 s after the request.
     """
     rng = np.random.default_rng(seed)
     traffic = shadow_traffic(Scenario(champion_separation=separations[0], challenger_separation=separations[1]),
@@ -123,12 +124,16 @@ def traffic_frame(n: int, *, champion: str, challenger: str, mode: Mode = Mode.S
     amount = traffic.champion.amounts[0]
     rows = []
     to_challenger = rng.random(n) < weight
+    paired = rng.random(n) < pairing if pairing else np.zeros(n, bool)
     for arm, version, scores in (("champion", champion, traffic.champion.scores[0]),
                                  ("challenger", challenger, traffic.challenger.scores[0])):
-        keep = np.ones(n, bool) if mode is Mode.SHADOW else (to_challenger if arm == "challenger" else ~to_challenger)
+        own = np.ones(n, bool) if mode is Mode.SHADOW else (to_challenger if arm == "challenger" else ~to_challenger)
+        keep = own | paired
+        served = own[keep] & (arm == "champion" or mode is Mode.SPLIT)
         rows.append(pd.DataFrame({
-            "request_id": ids[keep], "ts": pd.to_datetime(ts[keep], unit="s", utc=True), "routing_key": ids[keep],
-            "arm": arm, "served": arm == "champion" or mode is Mode.SPLIT, "mode": mode.value, "model_name": MODEL,
+            "request_id": ids[keep], "ts": pd.to_datetime(ts[keep] + 0.001 * ~own[keep], unit="s", utc=True),
+            "routing_key": ids[keep],
+            "arm": arm, "served": served, "mode": mode.value, "model_name": MODEL,
             "model_version": version, "score": scores[keep], "decision": scores[keep] > 0.5, "threshold": 0.5,
             "latency_ms": 2.0, "feat_amount": amount[keep], "feat_f1": rng.standard_normal(int(keep.sum())),
         }))

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from k8s.bench import labels_for_power
 from kingmaker.cli import BENCHMARKS, main
 
 
@@ -16,7 +18,7 @@ def test_the_benchmark_is_registered() -> None:
 
 def test_a_tiny_run_writes_numbers_and_a_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["--log-level", "WARNING", "bench", "promotion", "--runs", "4", "--transactions", "3000",
-                 "--look-every", "500", "--out", str(tmp_path)])
+                 "--look-every", "500", "--real-runs", "0", "--out", str(tmp_path)])
     assert code == 0
     report = json.loads((tmp_path / "promotion.json").read_text())
     assert report["runs"] == 4 and report["alpha"] == 0.05
@@ -29,3 +31,42 @@ def test_a_tiny_run_writes_numbers_and_a_plot(tmp_path: Path, capsys: pytest.Cap
     png = tmp_path / "promotion-power.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "wrote" in capsys.readouterr().out
+
+
+def _fake_real_scores(path: Path) -> Path:
+    """Stand-in for the credit-card replay cache (k8s.replay): 20,000 rows, 2 % fraud, two models."""
+    rng = np.random.default_rng(0)
+    labels = rng.random(20_000) < 0.02
+    shared = rng.standard_normal(20_000)
+    np.savez(path, labels=labels, amounts=rng.lognormal(3, 1, 20_000),
+             xgboost=3.0 * labels + shared - 5, xgboost2=3.0 * labels + 0.9 * shared + 0.4 * rng.standard_normal(20_000) - 5)
+    return path
+
+
+def test_quick_run_covers_every_mode_on_synthetic_and_replayed_data(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    scores = _fake_real_scores(tmp_path / "scores.npz")
+    assert main(["--log-level", "WARNING", "bench", "promotion", "--quick", "--real-scores", str(scores),
+                 "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "promotion.json").read_text())
+    cells = report["cells"]
+    for data, runs, n in (("synthetic", 6, 4000), ("real", 4, 6000)):
+        prefix = "" if data == "synthetic" else "real_"
+        for kind in ("aa", "power"):
+            modes = {cells[name]["mode"] for name in cells if name.startswith(f"{prefix}{kind}_")
+                     and cells[name]["data"] == data and cells[name]["challenger_weight"] == 0.1}
+            assert {"shadow", "split", "paired split"} <= modes, (data, kind, modes)
+        some = next(c for name, c in cells.items() if c["data"] == data)
+        assert (some["runs"], some["transactions"]) == (runs, n)
+    assert cells["real_aa_shadow"]["effect"] == pytest.approx(0.0, abs=0.05)
+    assert cells["real_power_shadow_noise3.5"]["effect"] > 0  # noise makes the champion worse
+    assert cells["real_power_shadow_noise3.5"]["alert_rate"] == 0.003
+    table = capsys.readouterr().out
+    assert "| real | paired split 90/10 |" in table and "| synthetic | shadow |" in table
+
+
+def test_labels_for_power_interpolates_between_looks() -> None:
+    looks = np.array([500, 1000, 1500])
+    assert labels_for_power([0.5, 0.7, 0.9], looks) == pytest.approx(1250.0)
+    assert labels_for_power([0.85, 0.9, 0.95], looks) == 500.0
+    assert labels_for_power([0.1, 0.2, 0.3], looks) is None

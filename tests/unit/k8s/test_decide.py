@@ -27,6 +27,7 @@ from k8s.decide import (
     State,
     decide,
     mature,
+    split_pairs,
 )
 from k8s.resource import Phase, phase_for
 from kingmaker.roles import Mode
@@ -85,12 +86,67 @@ def test_an_approval_counts_only_for_the_approved_version() -> None:
 
 
 def test_split_mode_pairs_nine_champion_rows_with_one_challenger_row() -> None:
-    champion = arm("1", scores(4500, fraud_score=0.0005))
+    champion = arm("1", scores(9000, fraud_score=0.0005))
     challenger = arm("2", GOOD)
     d = decide(observations(champion, challenger, mode=Mode.SPLIT, weight=0.1), policy(), State())
     assert d.reason is Reason.CHALLENGER_BETTER
-    assert d.evidence.tested == (4500 - 500) // 9  # 444 pairs, limited by the champion's 4,000 tested rows
-    assert "over 444 pairs" in d.message
+    assert d.evidence.tested == (9000 - 500) // 9  # 944 pairs, limited by the champion's 8,500 tested rows
+    assert "over 944 pairs" in d.message
+
+
+def split_arms(pairs: np.ndarray) -> tuple[ArmRows, ArmRows]:
+    """The standard data as a 90/10 split: every 10th request answered by the challenger (GOOD), the rest by
+    the champion (BAD); requests in ``pairs`` are also scored by the other arm off the response path."""
+    ids = np.array([f"r{i}" for i in range(N)])
+    to_b = np.arange(N) % 10 == 9
+    label = (np.arange(N) % 50 == 49).astype(float)
+
+    def side(version: str, score: np.ndarray, own: np.ndarray) -> ArmRows:
+        keep = own | pairs
+        return ArmRows.of(version, ts=np.arange(N)[keep] + 0.001 * ~own[keep], score=score[keep],
+                          label=label[keep], request_id=ids[keep], served=own[keep])
+
+    return side("1", BAD, ~to_b), side("2", GOOD, to_b)
+
+
+def test_paired_split_compares_the_arms_on_the_same_transactions() -> None:
+    """Pairing on for every request: the same 1,500 tested transactions and costs as in shadow mode."""
+    a, b = split_arms(np.ones(N, bool))
+    d = decide(observations(a, b, mode=Mode.SPLIT, weight=0.1), policy(), State())
+    assert (d.reason, d.evidence.comparison) == (Reason.CHALLENGER_BETTER, "paired")
+    ev = d.evidence
+    assert (ev.tested, ev.champion.labelled, ev.challenger.labelled, ev.challenger.positives) == (1500, N, N, 40)
+    assert (ev.champion.estimate, ev.challenger.estimate) == pytest.approx((2100.0, 100.0), abs=1e-9)
+    assert "over 1500 paired transactions" in d.message
+    assert d.evidence.as_dict()["comparison"] == "paired"
+
+
+def test_split_falls_back_to_blocks_when_pairs_are_fewer_than_the_challengers_own_rows() -> None:
+    some = np.arange(N) % 40 == 0  # 50 pairs (2.5 % of requests) < 200 challenger-answered requests
+    a, b = split_arms(some)
+    d = decide(observations(a, b, mode=Mode.SPLIT, weight=0.1), policy(), State())
+    assert d.evidence.comparison == "unpaired"
+    assert (d.evidence.champion.labelled, d.evidence.challenger.labelled) == (1800, 200)  # served rows only
+    assert d.reason is Reason.INSUFFICIENT_SAMPLES  # 200 < min 500 labelled per arm
+
+
+def test_rows_without_served_flags_never_pair() -> None:
+    a, b = split_arms(np.ones(N, bool))
+    unflagged = ArmRows.of("2", ts=b.ts, score=b.score, label=b.label, request_id=b.request_id)
+    d = decide(observations(a, unflagged, mode=Mode.SPLIT, weight=0.1), policy(), State())
+    assert d.evidence.comparison == "unpaired"
+
+
+def test_split_pairs_are_ordered_by_when_both_rows_exist() -> None:
+    a = mature(ArmRows.of("1", ts=[0.0, 1.0, 2.0, 3.0], score=[0.1] * 4, label=[0, 0, 1, 0],
+                          request_id=["x", "y", "z", "w"], served=[True, True, False, True]), now=10,
+               label_delay_seconds=0)
+    b = mature(ArmRows.of("2", ts=[5.0, 1.5, 2.0, 3.5], score=[0.2] * 4, label=[0, 0, 1, 0],
+                          request_id=["x", "y", "z", "v"], served=[False, False, True, True]), now=10,
+               label_delay_seconds=0)
+    ia, ib = split_pairs(a, b)
+    # pairs y (complete at 1.5), z (2.0), x (5.0); w and v are on one arm only
+    assert [a.request_id[i] for i in ia] == [b.request_id[i] for i in ib] == ["y", "z", "x"]
 
 
 def test_recall_at_fpr_compares_detected_frauds_at_the_same_false_positive_rate() -> None:

@@ -133,10 +133,10 @@ def test_local_promotion_crash_after_alias_move_resumes(home: Home, registry: Ml
 
 # --- the policy file ---------------------------------------------------------------------------------
 
-def write_policy(path: Path, *, name: str = MODEL, model: str = MODEL, **policy: Any) -> None:
-    """A ChampionChallenger YAML in shadow mode, written as editors do: a new file renamed over the old."""
+def write_policy(path: Path, *, name: str = MODEL, model: str = MODEL, mode: str = "shadow", **policy: Any) -> None:
+    """A ChampionChallenger YAML (shadow mode unless told), written as editors do: a new file renamed over the old."""
     doc = {"apiVersion": "kingmaker.io/v1alpha1", "kind": "ChampionChallenger", "metadata": {"name": name},
-           "spec": {"modelName": model, "traffic": {"mode": "shadow", "challengerWeight": 0.1},
+           "spec": {"modelName": model, "traffic": {"mode": mode, "challengerWeight": 0.1},
                     "policy": {"labelDelaySeconds": 3600, "minPositivesPerArm": 10, **policy}}}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(yaml.safe_dump(doc))
@@ -225,3 +225,20 @@ def test_local_mode_decides_with_the_policy_as_edited(home: Home, registry: Mlfl
     reloads = CATALOG["kingmaker_controller_policy_reloads"].exposed_name
     assert metrics.registry.get_sample_value(reloads, {"championchallenger": MODEL, "outcome": "invalid"}) == 1.0
     assert metrics.registry.get_sample_value(reloads, {"championchallenger": MODEL, "outcome": "ok"}) == 1.0
+
+
+def test_local_mode_split_with_pairing_promotes_on_the_pairs(home: Home, registry: MlflowRegistry) -> None:
+    """A 90/10 split where the Router paired every request: the controller compares the arms on the pairs
+    and promotes, as it would in shadow mode; the recorded evidence says so."""
+    preds, labels = traffic_frame(2500, champion="1", challenger="2", mode=Mode.SPLIT, weight=0.1, pairing=1.0)
+    home.write(preds, labels)
+    path = home.root / "policy.yaml"
+    write_policy(path, mode="split", minLabelledPerArm=500)
+    store = LocalStore(home.root / "controller", PolicyFile(path, default_name=MODEL))
+    controller = Controller(store, Ports(registry, LocalServing(home.root / "serving", MODEL), store,
+                                         ControllerMetrics()), sources(home), clock=lambda: NOW)
+    result = controller.run_once()
+    assert result is not None and result.decision is not None
+    assert (result.decision.reason, result.decision.evidence.comparison) == (Reason.CHALLENGER_BETTER, "paired")
+    assert "paired transactions" in result.decision.message
+    assert registry.aliases()["champion"] == "2"

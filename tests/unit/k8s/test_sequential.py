@@ -30,29 +30,49 @@ from k8s.sequential import (
 
 # --- betting ---------------------------------------------------------------------------------------
 
+def _mixture_by_hand(gains: list[float], null: float = 0.0) -> list[float]:
+    """The docstring's formula written out row by row, in plain Python."""
+    horizons, caps = (1e3, 4e3, 16e3, 64e3, 256e3), (0.5, 0.5, 0.9, 0.9, 0.9)
+    wealth = [1.0] * 5
+    out, squares = [], 0.0
+    for t, g in enumerate(gains, start=1):
+        v = (squares + 1.0) / t  # earlier squared gains plus one pseudo-observation of 1
+        for k, (h, c) in enumerate(zip(horizons, caps, strict=True)):
+            lam = min(math.sqrt(2 * math.log(20) / (v * h)), c / (1 + null))
+            wealth[k] *= 1 + lam * (g - null)
+        squares += (g - null) ** 2
+        out.append(sum(wealth) / 5)
+    return out
+
+
 def test_log_wealth_by_hand() -> None:
-    # t=1: no past -> mean 0 -> lambda 0 -> W = 1
-    # t=2: mean 0.5/2 = 0.25, second moment (0.25 + 0.25)/2 = 0.25 -> lambda 1, capped 0.5 -> W = 1.25
-    # t=3: mean 1.0/3, second moment (0.25 + 0.25 + 0.25)/3 = 0.25 -> lambda 4/3, capped 0.5 -> W = 1.25 * 0.9
-    w = np.exp(log_wealth(np.array([0.5, 0.5, -0.2])))
-    assert w == pytest.approx([1.0, 1.25, 1.125], abs=1e-12)
-    assert p_value(np.array([0.5, 0.5, -0.2])) == pytest.approx(0.8, abs=1e-12)  # 1 / max W
+    # t=1: v = 1, bets sqrt(2 log 20 / h) = 0.07741, 0.03870, 0.01935, 0.00968, 0.00484 (sum 0.14997) -> W = 1 + 0.5 * mean
+    first = sum(math.sqrt(2 * math.log(20) / h) for h in (1e3, 4e3, 16e3, 64e3, 256e3)) / 5
+    w = np.exp(log_wealth(np.array([0.5, 0.5, -0.2]), alpha=0.05))
+    assert w[0] == pytest.approx(1 + 0.5 * first, abs=1e-12) == pytest.approx(1.014997, abs=1e-6)
+    assert w == pytest.approx(_mixture_by_hand([0.5, 0.5, -0.2]), abs=1e-12)
+    assert p_value(np.array([0.5, 0.5, -0.2]), alpha=0.05) == pytest.approx(1 / w.max(), abs=1e-12)
 
 
-def test_small_bets_follow_the_running_mean_over_second_moment() -> None:
-    # gains 0.1, 0.1: t=2 mean 0.05, second moment (0.01 + 0.25)/2 = 0.13 -> lambda = 0.05/0.13
-    w = np.exp(log_wealth(np.array([0.1, 0.1])))
-    assert w[1] == pytest.approx(1 + 0.1 * 0.05 / 0.13, abs=1e-12)
+def test_long_horizon_bets_hit_their_caps_after_a_run_of_tiny_gains() -> None:
+    # 5,000 gains of 0.001: v falls to ~2e-4, so the 1k/4k bets reach their cap 0.5, the others stay below 0.9
+    g = [0.001] * 5000 + [-1.0, 1.0]
+    w = np.exp(log_wealth(np.array(g), alpha=0.05))
+    assert w[-3:] == pytest.approx(_mixture_by_hand(g)[-3:], rel=1e-9)
+    assert w[-2] < w[-3] * 0.75  # a full-range loss costs the capped components half their wealth
 
 
 def test_against_a_shifted_null_the_bet_is_capped_so_wealth_stays_positive() -> None:
-    # null m = -0.5: y = g + 0.5 in [-0.5, 1.5]; the cap is 0.5 / (1 - 0.5) = 1, worst case 1 + 1 * (-0.5) > 0
-    g = np.array([1.0, 1.0, -1.0])
-    w = np.exp(log_wealth(g, null=-0.5))
-    # t=2: y mean 1.5/2 = 0.75, second moment (2.25 + 0.25)/2 = 1.25 -> lambda 0.6 -> W = 1 + 0.6 * 1.5 = 1.9
-    # t=3: y mean 3/3 = 1, second moment (2.25 + 2.25 + 0.25)/3 -> lambda = 3/4.75 (under the cap of 1)
-    lam3 = 3 / 4.75
-    assert w == pytest.approx([1.0, 1.9, 1.9 * (1 + lam3 * -0.5)], abs=1e-12)
+    # null m = -0.5: y = g + 0.5 in [-0.5, 1.5]; caps become c / (1 - 0.5) = 1 and 1.8, still factors > 0
+    g = [1.0, 1.0, -1.0] * 50
+    w = np.exp(log_wealth(np.array(g), null=-0.5, alpha=0.05))
+    assert np.all(w > 0)
+    assert w == pytest.approx(_mixture_by_hand(g, null=-0.5), rel=1e-9)
+
+
+def test_alpha_tunes_the_bets() -> None:
+    g = np.full(10, 0.2)
+    assert log_wealth(g, alpha=0.01)[-1] > log_wealth(g, alpha=0.05)[-1] > 0
 
 
 def test_betting_test_directions_and_interval() -> None:
@@ -73,22 +93,22 @@ def test_a_true_null_is_rejected_at_most_alpha_of_the_time_however_long_we_watch
     """iid gains with mean exactly 0, watched after every observation for 3,000 steps."""
     rng = np.random.default_rng(7)
     g = rng.choice([-1.0, -0.05, 0.0, 0.05, 1.0], p=[0.01, 0.02, 0.94, 0.02, 0.01], size=(1000, 3000))
-    ever = (np.max(log_wealth(g), axis=1) >= math.log(20)).mean()
+    ever = (np.max(log_wealth(g, alpha=0.05), axis=1) >= math.log(20)).mean()
     assert ever <= 0.05
 
 
 def test_the_confidence_sequence_covers_the_mean_uniformly_in_time() -> None:
     rng = np.random.default_rng(3)
     g = rng.choice([-1.0, 0.0, 1.0], p=[0.1, 0.75, 0.15], size=(400, 3000))  # mean 0.05
-    missed_low = np.max(log_wealth(g, 0.05), axis=1) >= math.log(20)
-    missed_high = np.max(log_wealth(-g, -0.05), axis=1) >= math.log(20)
+    missed_low = np.max(log_wealth(g, 0.05, alpha=0.05), axis=1) >= math.log(20)
+    missed_high = np.max(log_wealth(-g, -0.05, alpha=0.05), axis=1) >= math.log(20)
     assert (missed_low | missed_high).mean() <= 0.10  # a (1 - 2 alpha) sequence
 
 
 def test_a_real_difference_is_found() -> None:
     rng = np.random.default_rng(4)
     g = rng.choice([-1.0, 0.0, 1.0], p=[0.04, 0.9, 0.06], size=(200, 5000))  # mean 0.02, sd 0.32
-    assert (np.max(log_wealth(g), axis=1) >= math.log(20)).mean() >= 0.8
+    assert (np.max(log_wealth(g, alpha=0.05), axis=1) >= math.log(20)).mean() >= 0.8
 
 
 # --- matched operating point --------------------------------------------------------------------

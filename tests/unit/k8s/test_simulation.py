@@ -98,6 +98,38 @@ def test_the_vectorised_experiments_decide_exactly_like_decide(criterion: Criter
     assert (fast.verdict == seen.value).any()  # the comparison is not vacuous
 
 
+def test_paired_split_experiments_decide_exactly_like_decide_on_served_and_unserved_rows() -> None:
+    """Paired split traffic against decide() on split-mode rows: each pair logged on both arms, the arm
+    that answered (10 %: challenger) with served=True, the other a millisecond later with served=False."""
+    pol = policy(minLabelledPerArm=600, minPositivesPerArm=10)
+    setup = Setup(dataclasses.replace(AA, challenger_separation=2.9), transactions=10_000, look_every=500,
+                  paired=False, challenger_weight=0.1, pairing=0.8)
+    traffic = setup.traffic(4, np.random.default_rng(9))
+    fast = run_experiments(traffic, pol, setup.looks)
+    answered_by_b = np.random.default_rng(10).random(10_000) < 0.1
+    for r in range(4):
+        slow = (Verdict.NONE.value, 0)
+        for m in setup.looks:
+            n = int(traffic.rows_at(int(m))[0][r])
+            ids, t, own_b = [f"q{i}" for i in range(n)], np.arange(n, dtype=float), answered_by_b[:n]
+
+            def rows(version: str, stream: object, served: np.ndarray, r: int = r, n: int = n,
+                     ids: list[str] = ids, t: np.ndarray = t) -> ArmRows:
+                return ArmRows.of(version, ts=t + 0.001 * ~served, score=stream.scores[r, :n],  # type: ignore[attr-defined]
+                                  label=stream.labels[r, :n].astype(float), request_id=ids, served=served)  # type: ignore[attr-defined]
+
+            obs = Observations(now=1e9, mode=Mode.SPLIT, challenger_weight=0.1,
+                               champion=rows("1", traffic.champion, ~own_b), challenger=rows("2", traffic.challenger, own_b),
+                               guardrails=HEALTHY, drift=NO_DRIFT)
+            d = decide(obs, pol, State())
+            assert d.evidence.comparison == "paired"
+            if d.outcome is Outcome.PROMOTE:
+                slow = (Verdict.PROMOTE.value, int(m))
+                break
+        assert (fast.verdict[r], int(fast.at[r])) == slow, f"run {r}"
+    assert (fast.verdict == Verdict.PROMOTE.value).any()
+
+
 # --- A/A and power ---------------------------------------------------------------------------------
 
 def test_aa_shadow_rarely_promotes_while_a_fixed_threshold_rule_often_does() -> None:
@@ -111,6 +143,21 @@ def test_aa_split_rarely_promotes() -> None:
     e = simulate(Setup(AA, paired=False), POLICY, runs=300, seed=102)
     assert e.rate(Verdict.PROMOTE) <= 0.06
     assert e.fixed_rule_promoted.mean() >= 0.4
+
+
+def test_aa_paired_split_rarely_promotes() -> None:
+    e = simulate(Setup(AA, paired=False, pairing=1.0), POLICY, runs=200, seed=106)
+    assert e.rate(Verdict.PROMOTE) <= 0.06
+    assert e.z_significant.shape == (200, 100)
+
+
+def test_z_statistic_by_hand() -> None:
+    from k8s.simulate import z_statistic
+
+    z = z_statistic(np.array([[1.0, 0.0, 2.0, 1.0]]))
+    # 2 gains: mean 0.5, sd sqrt(0.5) -> 0.5 / (sqrt(0.5) / sqrt 2) = 1; 3: mean 1, sd 1 -> sqrt 3;
+    # 4: mean 1, sd sqrt(2/3) -> 1 / (sqrt(2/3) / 2)
+    assert z[0] == pytest.approx([0.0, 0.0, 1.0, np.sqrt(3), 2 / np.sqrt(2 / 3)])
 
 
 def test_aa_recall_at_fpr_rarely_promotes() -> None:

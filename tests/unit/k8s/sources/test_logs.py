@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,7 +11,7 @@ import pytest
 from k8s.decide import Outcome, Reason, State, decide, mature
 from k8s.observe import Sources, observe
 from k8s.sources.logs import LogWindows
-from k8s.state import Pair
+from k8s.state import Pair, Traffic
 from kingmaker.roles import Mode
 
 from ..conftest import T0, Fixed, Home, spec, traffic_frame
@@ -131,3 +133,35 @@ def test_observed_logs_drive_decide_to_each_outcome(home: Home) -> None:
     # before the labels mature there is nothing to decide on
     early = decide(observe(src, s, Pair("1", "2"), T0 + 2500), s.policy, State())
     assert (early.outcome, early.reason) == (Outcome.HOLD, Reason.INSUFFICIENT_SAMPLES)
+
+
+def test_split_mode_with_pairing_keeps_both_arms_rows_of_a_paired_request(home: Home) -> None:
+    preds, labels = traffic_frame(400, champion="1", challenger="2", mode=Mode.SPLIT, weight=0.1, pairing=1.0)
+    home.write(preds, labels)
+    a, b = windows(home).rows(PAIR, Mode.SPLIT, None)
+    assert len(a) == len(b) == 400  # every request on both arms, once each
+    assert a.served is not None and b.served is not None
+    served_a, served_b = dict(zip(a.request_id, a.served, strict=True)), dict(zip(b.request_id, b.served, strict=True))
+    assert all(served_a[rid] != served_b[rid] for rid in served_a)  # exactly one arm answered each request
+    answered = preds[(preds["arm"] == "challenger") & preds["served"]]["request_id"]
+    assert {rid for rid, served in served_b.items() if served} == set(answered)
+
+
+def test_paired_split_logs_drive_decide_on_the_pairs_and_unpaired_split_on_blocks(home: Home) -> None:
+    """A 90/10 split of 6,000 requests: with pairing, the test sees ~5,500 paired transactions and promotes
+    the much better challenger; without, it sees ~600 challenger rows in blocks and cannot decide yet."""
+    s = dataclasses.replace(spec(), traffic=Traffic(0.1, Mode.SPLIT))
+    paired, labels = traffic_frame(6000, champion="1", challenger="2", mode=Mode.SPLIT, weight=0.1, pairing=1.0,
+                                   separations=(1.0, 3.5))
+    plain, labels_p = traffic_frame(6000, champion="1", challenger="3", mode=Mode.SPLIT, weight=0.1,
+                                    separations=(1.0, 3.5), seed=9)
+    home.write(pd.concat([paired, plain]), pd.concat([labels, labels_p]))
+    src = Sources(windows(home), Fixed(), Fixed())
+    now = T0 + 6000 + 3600 + 60
+    up = decide(observe(src, s, Pair("1", "2"), now), s.policy, State())
+    assert (up.outcome, up.reason, up.evidence.comparison) == (Outcome.PROMOTE, Reason.CHALLENGER_BETTER, "paired")
+    assert up.evidence.champion.labelled == up.evidence.challenger.labelled == 6000  # the pairs
+    assert "paired transactions" in up.message
+    held = decide(observe(src, s, Pair("1", "3"), now), s.policy, State())
+    assert held.evidence.comparison == "unpaired" and held.outcome is Outcome.HOLD
+    assert held.evidence.challenger.labelled == int((plain["arm"] == "challenger").sum())
