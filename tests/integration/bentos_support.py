@@ -207,3 +207,15 @@ def start_serve(home: Path, tmp_path: Path, *args: str, env: dict[str, str] | No
     text = "".join(lines)
     urls = dict(re.findall(r"^\s+(router|champion|challenger)\s+(http://127\.0\.0\.1:\d+)", text, re.M))
     return proc, urls, text
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of the series of a /metrics text named ``name`` that carry ``labels`` (0 when there is none)."""
+    want = {f'{k}="{v}"' for k, v in labels.items()}
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name):len(name) + 1] in ("{", " "):
+            inside = line[line.find("{") + 1:line.find("}")] if "{" in line else ""
+            if want <= set(inside.split(",")):
+                total += float(line.rsplit(" ", 1)[1])
+    return total

@@ -23,7 +23,7 @@ from bentos import procs
 from bentos.procs import ServiceProcess
 from kingmaker import logs
 
-from .bentos_support import Stack, fire, service_env, serving_stack, transactions, wait_until
+from .bentos_support import Stack, fire, metric, service_env, serving_stack, transactions, wait_until
 
 pytestmark = pytest.mark.integration
 FEEDBACK = {"Authorization": "Bearer it-token"}
@@ -50,17 +50,6 @@ def limit_file_size(svc: ServiceProcess, nbytes: int | None) -> None:
 
 def temporary_files(root: Path) -> list[Path]:
     return sorted(root.rglob("*.tmp")) if root.exists() else []
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one series of a /metrics text (0 when it is absent)."""
-    want = {f'{k}="{v}"' for k, v in labels.items()}
-    for line in text.splitlines():
-        if line.startswith(name) and line[len(name):len(name) + 1] in ("{", " "):
-            inside = line[line.find("{") + 1:line.find("}")] if "{" in line else ""
-            if want <= set(inside.split(",")):
-                return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def arrow_stream(table: pa.Table, compression: str | None = None) -> bytes:

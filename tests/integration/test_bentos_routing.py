@@ -4,6 +4,7 @@ the weight, and each is in the prediction log exactly once; shadow mode logs bot
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import httpx
@@ -12,7 +13,7 @@ import pytest
 from bentos.routing import choose_arm
 from kingmaker import logs
 
-from .bentos_support import fire, serving_stack, transactions
+from .bentos_support import fire, metric, serving_stack, transactions
 
 pytestmark = pytest.mark.integration
 
@@ -62,12 +63,19 @@ def test_split_routing_counts_and_log(serving_home: Path, tmp_path: Path) -> Non
 def test_shadow_mode_champion_answers_and_both_arms_are_logged(serving_home: Path, tmp_path: Path) -> None:
     bodies = transactions(600, seed=12)
     # The challenger here is a scikit-learn forest (~6 ms a row): give the shadow calls room, so that
-    # every request gets its paired challenger row (an overloaded challenger would be skipped, by design).
-    config = {"mode": "shadow", "challenger_weight": 0.5, "shadow_timeout_ms": 30_000, "shadow_max_in_flight": 10_000}
+    # every request gets its paired challenger row (an overloaded challenger would be skipped, by design),
+    # and let them finish before the stop (on a busy machine 600 of them take a while).
+    config = {"mode": "shadow", "challenger_weight": 0.5, "shadow_timeout_ms": 300_000, "shadow_max_in_flight": 10_000}
     with serving_stack(serving_home, tmp_path, config) as stack:
         outcomes = asyncio.run(fire(f"{stack.router.url}/predict", bodies, concurrency=8))
-        upstream = [ln for ln in httpx.get(f"{stack.router.url}/metrics").text.splitlines()
-                    if ln.startswith("kingmaker_router_upstream_requests_total")]
+        deadline = time.monotonic() + 300
+        while True:
+            text = httpx.get(f"{stack.router.url}/metrics").text
+            if metric(text, "kingmaker_router_upstream_requests_total", arm="challenger") >= len(bodies):
+                break
+            assert time.monotonic() < deadline, "the shadow calls did not finish"
+            time.sleep(0.5)
+        upstream = [ln for ln in text.splitlines() if ln.startswith("kingmaker_router_upstream_requests_total")]
         stack.router.stop()
     assert all(o.status == 200 and o.answer and o.answer["arm"] == "champion" for o in outcomes)
     log = logs.read_predictions(stack.predictions_url)
