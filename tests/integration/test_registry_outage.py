@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -75,9 +76,12 @@ class Load:
         self._thread.start()
         return self
 
-    def __exit__(self, *_: object) -> None:
+    def stop(self) -> None:
         self._stop.set()
         self._thread.join(120)
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
 
 
 def _info(url: str) -> dict:
@@ -101,7 +105,9 @@ def test_scorers_and_the_controller_ride_out_a_registry_outage(registered: Regis
             env=promote_env, out_dir=tmp_path, name="drift")
     promote = ("promote", "--policy", str(policy(home)), "--prometheus-url", prometheus, "--prometheus-selector",
                'job="healthy"', "--guardrail-window", "20s", "--once")
-    logs = tmp_path / "service-logs"
+    logs, bare_logs = tmp_path / "service-logs", tmp_path / "bare-logs"
+    logs.mkdir()
+    bare_logs.mkdir()
 
     with serving_stack(home, tmp_path / "serving", {"mode": "split", "challenger_weight": 0.3}, env=env) as stack:
         assert stack.challenger is not None
@@ -121,7 +127,7 @@ def test_scorers_and_the_controller_ride_out_a_registry_outage(registered: Regis
                                   log_dir=logs).start()
             bare = procs.scorer("champion", f"models:/{MODEL}@champion", procs.free_port(),
                                 env={**env, "KINGMAKER_MODEL_CACHE": str(tmp_path / "empty-cache")},
-                                log_dir=tmp_path / "bare-logs").start()
+                                log_dir=bare_logs).start()
             try:
                 cached.wait_ready(240)
                 ready_seconds = time.monotonic() - outage_started
@@ -131,29 +137,29 @@ def test_scorers_and_the_controller_ride_out_a_registry_outage(registered: Regis
                 scores = [httpx.post(f"{cached.url}/score", json={"features": b["features"]}, timeout=10)
                           .json()["score"] for b in probe]
                 assert scores == expected
-                metrics = httpx.get(f"{cached.url}/metrics", timeout=10).text
-                assert ('kingmaker_scorer_model_from_cache{arm="champion",model_name="fraud-detector",'
-                        'model_version="1"} 1.0') in metrics
+                assert _from_cache(cached.url) == 1.0
                 assert "serving the CACHED fraud-detector version 1" in (logs / "champion.log").read_text()
 
                 # the Router moves to the Scorer started during the outage; the old one stops
                 config = yaml.safe_load(stack.config.read_text())
                 stack.config.write_text(yaml.safe_dump({**config, "champion_url": cached.url}))
-                router_log = tmp_path / "serving" / "service-logs" / "router.log"
-                wait_until(lambda: f"champion arm at {cached.url}" in router_log.read_text(), 60, "the Router's switch")
+                probed = _requests(cached.url)
+                wait_until(lambda: _requests(cached.url) > probed + 20, 60, "the Router's calls to the new Scorer")
                 stack.champion.stop(timeout=60)
 
                 # the Scorer without a copy: alive, not ready, one line saying why
-                wait_until(lambda: "NOT READY" in (tmp_path / "bare-logs" / "champion.log").read_text(), 120,
+                wait_until(lambda: "NOT READY" in (bare_logs / "champion.log").read_text(), 120,
                            "the unready Scorer's line")
                 assert bare.running() and not bare.is_ready()
                 assert httpx.get(f"{bare.url}/livez", timeout=5).status_code == 200
-                bare_log = (tmp_path / "bare-logs" / "champion.log").read_text()
+                bare_log = (bare_logs / "champion.log").read_text()
                 (line,) = [x for x in bare_log.splitlines() if "NOT READY" in x]
                 assert f"no cached copy of models:/{MODEL}@champion" in line, line
 
                 # the controller holds: fails the reconcile, records why, moves nothing
+                started = time.monotonic()
                 held = run_cli(*promote, env=promote_env, out_dir=tmp_path, name="promote-down", check=False)
+                held_seconds = time.monotonic() - started
                 assert held.returncode == 1 and "reconcile failed" in held.stdout, held.stdout + held.stderr
                 status = json.loads((home / "controller" / f"{MODEL}.json").read_text())["status"]
                 reachable = next(c for c in status["conditions"] if c["type"] == "Reachable")
@@ -164,11 +170,13 @@ def test_scorers_and_the_controller_ride_out_a_registry_outage(registered: Regis
 
                 reg.start()  # the registry is back
                 wait_until(lambda: _info(cached.url)["model_source"] == "registry", 60, "the cached copy confirmed")
+                assert _from_cache(cached.url) == 0.0
                 bare.wait_ready(120)
                 assert _info(bare.url)["model_source"] == "registry"
                 done = run_cli(*promote, env=promote_env, out_dir=tmp_path, name="promote-up")
                 assert "PROMOTE (ChallengerBetter)" in done.stdout, done.stdout
             finally:
+                load.stop()  # before the Scorers it calls go away
                 cached.stop(timeout=60)
                 bare.stop(timeout=60)
 
@@ -183,6 +191,21 @@ def test_scorers_and_the_controller_ride_out_a_registry_outage(registered: Regis
     codes = [o.status for o in load.outcomes]
     assert codes and all(c == 200 for c in codes), {c: codes.count(c) for c in set(codes)}
     print(f"\nregistry down {outage_seconds:.1f} s: a Scorer started during it was ready from its cache after "
-          f"{ready_seconds:.1f} s; {len(codes)} requests through the Router, all 200; the controller held, then "
-          "promoted v2 once the registry was back")
+          f"{ready_seconds:.1f} s; {len(codes)} requests through the Router, all 200; `kingmaker promote --once` "
+          f"held in {held_seconds:.1f} s, then promoted v2 once the registry was back")
 
+
+
+def _from_cache(url: str) -> float:
+    """The Scorer's ``kingmaker_scorer_model_from_cache`` for the champion v1 (under ``bentoml serve`` a gauge
+    carries the worker's pid as a label)."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    (value,) = re.findall(r'^kingmaker_scorer_model_from_cache\{arm="champion",model_name="fraud-detector",'
+                          r'model_version="1"[^}]*\} (\S+)$', text, re.MULTILINE)
+    return float(value)
+
+
+def _requests(url: str) -> float:
+    """Every request the Scorer at ``url`` answered (``kingmaker_scorer_requests_total``, all series)."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return sum(float(v) for v in re.findall(r"^kingmaker_scorer_requests_total\{[^}]*\} (\S+)$", text, re.MULTILINE))

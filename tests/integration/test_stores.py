@@ -27,11 +27,12 @@ import pandas as pd
 import psutil
 import pytest
 
+from bentos import procs
 from kingmaker import logs
 from tests.conftest import ROOT
 
 from . import stores
-from .bentos_support import fire, serving_stack, transactions, wait_until
+from .bentos_support import Outcome, fire, service_env, serving_stack, transactions, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -363,6 +364,51 @@ def test_serving_loads_both_arms_through_the_server_and_logs_to_s3_and_drift_rea
     assert drift_run, out.stdout
     report = [k for k in reg.store.keys(reg.bucket, "mlartifacts/") if f"/{drift_run[1]}/artifacts/" in k]
     assert {k.rsplit("/", 1)[1] for k in report} >= {"drift.json", "report.html"}, report
+
+
+def test_two_router_replicas_write_one_s3_log_without_clobbering(
+        trained: Trained, object_store: stores.ObjectStore, s3_prefix: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two Router processes (two replicas: each its own segment folder, as each pod has its own disk) log to the
+    same ``s3://`` dataset at once: every answered request is there once, each file has a name of its own
+    (``part-<owner>-<seq>``, the owner unique per process) and none replaced another."""
+    reg = trained.registry
+    for key, value in object_store.env.items():
+        monkeypatch.setenv(key, value)
+    predictions = f"{s3_prefix}/predictions"
+    env = {**object_store.env, **reg.server.env, "KINGMAKER_PREDICTIONS_URL": predictions,
+           "KINGMAKER_LABELS_URL": f"{s3_prefix}/labels", "KINGMAKER_LOG_FLUSH_ROWS": "50",
+           "KINGMAKER_LOG_FLUSH_SECONDS": "0.5"}
+    bodies = transactions(1200, seed=21)
+    with serving_stack(tmp_path / "home", tmp_path, {"mode": "split", "challenger_weight": 0.5}, env=env) as stack:
+        assert stack.challenger is not None
+        second = procs.router(procs.free_port(), stack.champion.url, stack.challenger.url, config=stack.config,
+                              env={**service_env(tmp_path / "home", tmp_path), **env,
+                                   "KINGMAKER_LOG_SEGMENT_DIR": str(tmp_path / "segments-2")},
+                              log_dir=tmp_path / "service-logs").start()
+        try:
+            second.wait_ready(240)
+
+            async def both() -> list[list[Outcome]]:  # the two replicas at the same time
+                return list(await asyncio.gather(fire(f"{stack.router.url}/predict", bodies[0::2], concurrency=4),
+                                                 fire(f"{second.url}/predict", bodies[1::2], concurrency=4)))
+
+            outcomes = [o for half in asyncio.run(both()) for o in half]
+            assert sorted(o.status or 0 for o in outcomes) == [200] * len(bodies)
+        finally:
+            second.stop(timeout=60)  # SIGTERM: each writes what it still holds
+            stack.router.stop(timeout=60)
+
+    logged = logs.read_predictions(predictions)
+    assert len(logged) == len(bodies) and sorted(logged["request_id"]) == sorted(b["request_id"] for b in bodies)
+    bucket, prefix = s3_prefix.removeprefix("s3://").split("/", 1)
+    keys = object_store.keys(bucket, prefix + "/predictions/")
+    names = [k.rsplit("/", 1)[1] for k in keys]
+    owners = {n.removeprefix("part-").rsplit("-", 1)[0] for n in names}
+    assert len(owners) == 2, owners  # one owner per Router process
+    assert len(set(names)) == len(names) > 2  # many appends, no name used twice
+    assert not [k for k in keys if "/." in k], "a temporary file was left behind"
+    print(f"\ntwo Routers: {len(bodies)} requests, {len(keys)} files from {len(owners)} writers, no row lost or doubled")
 
 
 def test_credentials_travel_only_in_the_environment(trained: Trained,
