@@ -74,15 +74,24 @@ def _frame_of(ds: Any, features: list[str]) -> pd.DataFrame:
     return ds.frame[[*features, ds.label]].rename(columns={ds.label: retrain.LABEL})
 
 
-def _digest(frame: pd.DataFrame, source: str, name: str) -> str:
+def _datasets(client: Any, run_id: str, source: str, parts: dict[str, pd.DataFrame]) -> dict[str, str]:
+    """Log each frame as an ``mlflow.data`` input of the run (context = its key); returns their digests."""
     import warnings
 
     from mlflow.data.pandas_dataset import from_pandas
+    from mlflow.entities import DatasetInput, InputTag
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
-        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
-        return str(from_pandas(frame, source=source, targets=retrain.LABEL, name=name).digest)
+    inputs, digests = [], {}
+    for context, frame in parts.items():
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+            warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+            dataset = from_pandas(frame, source=source, targets=retrain.LABEL, name=f"served-{context}")
+        digests[context] = str(dataset.digest)
+        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)]))
+    with mlflow_errors.translated(f"logging the data sets of run {run_id}"):
+        client.log_inputs(run_id, datasets=inputs)
+    return digests
 
 
 def run(args: argparse.Namespace) -> int:
@@ -145,8 +154,8 @@ def run(args: argparse.Namespace) -> int:
         "logged_rows": str(served.logged_rows), "transactions": str(served.transactions),
         "unmatured_transactions": str(served.unmatured), "label_delay_seconds": f"{args.label_delay.total_seconds():g}",
         "predictions_url": predictions_url, "labels_url": labels_url,
-        "training_digest": _digest(train_frame.drop(columns="ts"), predictions_url, "served-training"),
-        "gate_digest": _digest(window[[*features, retrain.LABEL]], predictions_url, "served-gate"),
+        **{f"{context}_digest": digest for context, digest in _datasets(client, result.run_id, predictions_url, {
+            "retrain": train_frame.drop(columns="ts"), "gate": window[[*features, retrain.LABEL]]}).items()},
         "champion_version": champion.ref.version, "candidate": result.chosen,
         "champion_cost_per_1k": f"{verdict.champion_cost:.4f}", "candidate_cost_per_1k": f"{verdict.candidate_cost:.4f}",
         "difference_per_1k": f"{verdict.difference:.4f}",

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -409,6 +410,84 @@ def test_two_router_replicas_write_one_s3_log_without_clobbering(
     assert len(set(names)) == len(names) > 2  # many appends, no name used twice
     assert not [k for k in keys if "/." in k], "a temporary file was left behind"
     print(f"\ntwo Routers: {len(bodies)} requests, {len(keys)} files from {len(owners)} writers, no row lost or doubled")
+
+
+def drifted_traffic(n: int, seed: int, champion: Any, start: pd.Timestamp) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Served traffic whose fraud pattern moved: transactions from the synthetic generator, labelled by a NEW rule
+    (fraud now follows f07 and f11, which the old pattern hardly used), scored by the real ``champion``; shadow rows
+    of a challenger under the same request ids (the set must count each transaction once). Labels arrive 10
+    minutes after each prediction. Returns (prediction-log rows, label rows)."""
+    from training.data import synthetic
+
+    ds = synthetic(rows=n, seed=seed)
+    rng = np.random.default_rng(seed)
+    f = ds.frame
+    y = (rng.random(n) < 1 / (1 + np.exp(-(-5.2 + 2.0 * f["f07"] + 1.8 * f["f11"])))).astype(int)
+    ts = start + pd.to_timedelta(np.linspace(0, 3 * 3600, n), unit="s")
+    ids = [f"drift-{seed}-{i}" for i in range(n)]
+    score = champion.predict_proba(f[list(champion.features)])
+    feats = {logs.feature_column(c): f[c].to_numpy() for c in champion.features}
+    served = pd.DataFrame({"request_id": ids, "ts": ts, "routing_key": f["customer_id"].astype(str), "arm": "champion",
+                           "served": True, "mode": "shadow", "model_name": MODEL, "model_version": champion.ref.version,
+                           "score": score, "decision": score >= champion.threshold, "threshold": champion.threshold,
+                           "latency_ms": 2.0, **feats})
+    shadow = served.assign(arm="challenger", served=False, model_version="2", score=0.5, decision=False)
+    labels = pd.DataFrame({"request_id": ids, "label": y, "label_ts": ts + pd.Timedelta(minutes=10)})
+    return pd.concat([served, shadow], ignore_index=True), labels
+
+
+def test_retrain_builds_its_set_from_the_s3_logs_and_registers_a_cheaper_challenger(
+        trained: Trained, object_store: stores.ObjectStore, s3_prefix: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`kingmaker retrain` through the tracking server on logs in S3 whose fraud pattern drifted: the candidate it
+    trains on the served traffic costs less than the champion on the newest matured window and becomes @challenger
+    (replacing v2: --replace), with the lineage on the run and the version; with a margin nobody can meet it records
+    why and exits 0; without --replace it leaves the challenger under evaluation alone."""
+    from mlflow import MlflowClient
+
+    from kingmaker import models
+
+    reg = trained.registry
+    for key, value in {**object_store.env, **reg.server.env}.items():
+        monkeypatch.setenv(key, value)
+    client = MlflowClient(tracking_uri=reg.server.url, registry_uri=reg.server.url)
+    champion = models.load_uri(client, f"models:/{MODEL}@champion")
+    predictions, labels = f"{s3_prefix}/predictions", f"{s3_prefix}/labels"
+    rows, label_rows = drifted_traffic(12000, 31, champion, pd.Timestamp.now(tz="UTC") - pd.Timedelta(hours=5))
+    logs.append_predictions(predictions, rows, list(champion.features))
+    logs.append_labels(labels, label_rows)
+    env = {**object_store.env, **reg.server.env}
+    common = ("retrain", "--predictions-url", predictions, "--labels-url", labels, "--label-delay", "1h",
+              "--candidates", "xgboost", "--folds", "2", "--bootstrap", "20", "--n-jobs", "1",
+              "--tracking-uri", reg.server.url)
+
+    kept = run_cli(*common, env=env, out_dir=tmp_path, name="retrain-kept")
+    assert kept.stdout.strip() == f"not retraining: challenger v2 of {MODEL} is under evaluation (--replace retrains anyway)"
+
+    rejected = run_cli(*common, "--replace", "--margin", "-100000", env=env, out_dir=tmp_path, name="retrain-rejected")
+    assert rejected.stdout.startswith("not registered: the candidate fails the gate"), rejected.stdout
+    assert str(client.get_model_version_by_alias(MODEL, "challenger").version) == "2"
+
+    out = run_cli(*common, "--replace", env=env, out_dir=tmp_path, name="retrain")
+    assert out.stdout.startswith(f"registered: models:/{MODEL}@challenger -> version 3: the candidate passes"), out.stdout
+    version = client.get_model_version_by_alias(MODEL, "challenger")
+    tags = version.tags
+    assert str(version.version) == "3" and tags["kingmaker.retrain.champion_version"] == champion.ref.version
+    assert tags["kingmaker.retrain.transactions"] == "12000" and tags["kingmaker.retrain.logged_rows"] == "24000"
+    n_train, n_gate = int(tags["kingmaker.retrain.training_rows"]), int(tags["kingmaker.retrain.gate_rows"])
+    assert n_train + n_gate == 12000 and n_gate == 2400  # every transaction matured (labels within the delay)
+    assert int(tags["kingmaker.retrain.training_frauds"]) + int(tags["kingmaker.retrain.gate_frauds"]) == label_rows["label"].sum()
+    assert tags["kingmaker.retrain.training_window_end"] < tags["kingmaker.retrain.gate_window_start"]
+    cost = {k: float(tags[f"kingmaker.retrain.{k}_cost_per_1k"]) for k in ("champion", "candidate")}
+    assert cost["candidate"] < cost["champion"]
+    run = client.get_run(version.run_id)
+    inputs = {i.tags[0].value: i.dataset.digest for i in run.inputs.dataset_inputs}
+    assert inputs["gate"] == tags["kingmaker.retrain.gate_digest"] and inputs["retrain"] == tags["kingmaker.retrain.retrain_digest"]
+    rejected_run = re.search(r"\(run (\w+)\)", rejected.stdout)
+    assert rejected_run and client.get_run(rejected_run[1]).data.tags["kingmaker.retrain.outcome"] == "rejected"
+    print(f"\ndrifted pattern, newest {n_gate} matured transactions: champion v{champion.ref.version} "
+          f"{cost['champion']:.1f} vs retrained candidate {cost['candidate']:.1f} per 1,000 transactions "
+          f"(difference CI {tags['kingmaker.retrain.difference_ci']})")
 
 
 def test_credentials_travel_only_in_the_environment(trained: Trained,
