@@ -113,6 +113,7 @@ def test_serving_pods_probe_and_drain(scenario: Path) -> None:
     (["drift.window=hourly"], "/drift/window"),
     (["scorer.modelCache.registryRetrySeconds=0"], "/scorer/modelCache/registryRetrySeconds"),
     (["scorer.modelCache.claimName=Bad_Claim"], "/scorer/modelCache/claimName"),
+    (["retrain.candidates=svm"], "/retrain/candidates"),
 ])
 def test_bad_values_fail_naming_the_key(sets: list[str], key: str) -> None:
     args: list[str | Path] = ["template", "kingmaker", CHART]
@@ -187,3 +188,24 @@ def test_scorers_keep_a_model_cache_on_a_volume() -> None:
         (c,) = pod["containers"]
         assert "KINGMAKER_MODEL_CACHE" not in {e["name"] for e in c["env"]}
         assert "model-cache" not in {v["name"] for v in pod["volumes"]}
+
+
+def test_the_retrain_job_runs_weekly_with_the_controllers_label_delay() -> None:
+    """The CronJob's command parses with the real CLI; its label delay is the resource's labelDelaySeconds (else
+    the CRD default), so retraining counts exactly the labels the controller counts."""
+    from kingmaker import cli
+
+    def job(*sets: str) -> dict:
+        (found,) = [d.obj for d in render(sets=sets) if d.kind == "CronJob" and d.name == "kingmaker-retrain"]
+        return found
+
+    default = job()
+    assert default["spec"]["schedule"] == "17 3 * * 1" and default["spec"]["concurrencyPolicy"] == "Forbid"
+    (c,) = default["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    args = cli.build_parser().parse_args(c["args"])
+    assert (args.label_delay.total_seconds(), args.holdout, args.margin, args.replace) == (604800, 0.2, 0.0, False)
+    (c,) = job("championChallenger.policy.labelDelaySeconds=3600", "retrain.replace=true")["spec"]["jobTemplate"][
+        "spec"]["template"]["spec"]["containers"]
+    args = cli.build_parser().parse_args(c["args"])
+    assert (args.label_delay.total_seconds(), args.replace) == (3600, True)
+    assert not [d for d in render(sets=["retrain.enabled=false"]) if d.name == "kingmaker-retrain"]
