@@ -9,9 +9,9 @@ The alias is resolved to a version once, at start-up; that version is in every r
 metric. With ``KINGMAKER_MODEL_CACHE`` the Scorer keeps a copy of what it resolved (`bentos.model_cache`): if
 the registry is unreachable at start-up it serves the cached version of the same reference — says so in a
 warning line, in ``/info`` (``model_source: cache``) and in ``kingmaker_scorer_model_from_cache`` — and
-retries the registry every ``KINGMAKER_REGISTRY_RETRY_SECONDS``; with no copy it stays unready (one error
-line) until the registry answers. A running Scorer never calls the registry again. Requests are validated against the model signature (4xx naming the field, never a 5xx for bad
-input). Endpoints:
+retries the registry every ``KINGMAKER_REGISTRY_RETRY_SECONDS`` in the background; with no copy it stays
+unready (one error line) until the registry answers. Serving never waits for the registry. Requests are
+validated against the model signature (4xx naming the field, never a 5xx for bad input). Endpoints:
 
 - ``POST /score`` one row; ``POST /score_batch`` JSON rows; ``POST /arrow/score_batch`` an Arrow IPC
   stream (one column per feature), the fast path for large batches;
@@ -81,8 +81,6 @@ fix_bentoml_request_timers()  # see its docstring: without it p99 latency has 30
 edge.install()  # bounded path labels, error answers of our shape, client errors logged in one line
 
 THREAD_ROWS = 512  # batches at least this large are scored off the event loop
-
-
 
 
 class ScoringEngine:
@@ -201,8 +199,8 @@ class Scorer:
         self.cache = model_cache.ModelCache(Path(settings.model_cache)) if settings.model_cache else None
         mlflow_errors.bound_http_retries()  # "the registry is down" within seconds, not minutes
         self.client = MlflowSettings.from_env().client()
-        self._start_serving()
         self.drain = Drain(settings.drain_seconds)
+        self._start_serving()
         # clients' scoring tokens and the Router's own: either opens the scoring endpoints
         files = [Path(f) for f in (settings.scoring_token_file, settings.arm_token_file) if f]
         tokens = auth.TokenStore((*settings.scoring_tokens, *settings.arm_tokens), *files)
@@ -253,8 +251,8 @@ class Scorer:
         log.warning("scorer %s: registry still unreachable: %s", self.settings.arm, exc)
 
     def _registry_back(self) -> None:
-        """One retry: resolve again. Serving nothing -> load it and become ready. Serving the cached copy of
-        the version the registry names -> it is confirmed (and re-cached); of another version (an alias that
+        """One retry: resolve again. Serving nothing -> load it (and cache it) and become ready. Serving the
+        cached copy of the version the registry names -> it is confirmed; of another version (an alias that
         moved during the outage) -> keep serving it: a restart picks the new one up, as after any move."""
         started = time.perf_counter()
         engine = self._engine

@@ -11,7 +11,8 @@ One reconcile of one resource:
 
 `Controller.run_once` wraps it: a `TemporaryError` (MLflow, the logs or the API server unreachable) is
 logged and retried at the next tick, the resource held where it is (condition ``Reachable=False`` with the
-reason, phase unchanged: nothing is promoted or rolled back) until a reconcile succeeds again; a `PermanentError` puts the resource in phase ``Error`` with the
+reason, phase unchanged: nothing is promoted or rolled back) until a reconcile succeeds again; a
+`PermanentError` puts the resource in phase ``Error`` with the
 message; neither escapes the loop. Every reconcile is counted by result, with the phase it leaves, and
 the loops report whether this process leads (`k8s.act.ControllerMetrics`).
 """

@@ -3,7 +3,8 @@
 1. Unless ``--replace``, a challenger already under evaluation (``@challenger`` set) stops here: exit 0, one line.
 2. The training set (`training.retrain.served_set`) from the prediction and label logs (local or ``s3://``),
    labels matured with ``--label-delay`` (give it the controller's ``labelDelaySeconds``), optionally mixed with
-   original data (``--mix-data``: those rows are placed before the served traffic, so they train and never judge).
+   original data (``--data``, as for `kingmaker train`: those rows are placed before the served traffic, so they
+   train and never judge).
 3. The most recent ``--holdout`` share is the gate window; `training.pipeline.train` trains the candidates on
    the rest (time-ordered split inside too) and logs the run, without registering.
 4. The candidate and the current ``@champion`` are scored on the gate window; `training.retrain.gate` decides.
@@ -17,7 +18,6 @@ Lineage on the run (params/tags ``kingmaker.retrain.*``) and the version: data w
 from __future__ import annotations
 
 import argparse
-import logging
 import time
 from datetime import timedelta
 from typing import Any
@@ -32,7 +32,6 @@ from kingmaker.settings import LogSettings, MlflowSettings, environment_help
 from training import retrain
 from training.cli import add_data_arguments, load_data
 
-log = logging.getLogger(__name__)
 PREFIX = "kingmaker.retrain."
 
 
@@ -95,6 +94,8 @@ def _datasets(client: Any, run_id: str, source: str, parts: dict[str, pd.DataFra
 
 
 def run(args: argparse.Namespace) -> int:
+    from mlflow.entities import Metric, RunTag
+
     from training.cli import training_config
     from training.data import Dataset
     from training.pipeline import train
@@ -164,9 +165,9 @@ def run(args: argparse.Namespace) -> int:
     }
     tags = {PREFIX + k: v for k, v in lineage.items()}
     with mlflow_errors.translated(f"recording the gate on run {result.run_id}"):
-        for key, value in {**tags, PREFIX + "reason": verdict.reason}.items():
-            client.set_tag(result.run_id, key, value)
-        client.log_metric(result.run_id, "gate_difference_per_1k", verdict.difference)
+        client.log_batch(result.run_id, metrics=[Metric("gate_difference_per_1k", verdict.difference,
+                                                        int(time.time() * 1000), 0)],
+                         tags=[RunTag(k, v) for k, v in {**tags, PREFIX + "reason": verdict.reason}.items()])
     if not verdict.passed:
         print(f"not registered: {verdict.reason} (run {result.run_id})")
         return 0

@@ -462,14 +462,16 @@ def test_retrain_builds_its_set_from_the_s3_logs_and_registers_a_cheaper_challen
               "--tracking-uri", reg.server.url)
 
     kept = run_cli(*common, env=env, out_dir=tmp_path, name="retrain-kept")
-    assert kept.stdout.strip() == f"not retraining: challenger v2 of {MODEL} is under evaluation (--replace retrains anyway)"
+    assert kept.stdout.splitlines()[-1] == (f"not retraining: challenger v2 of {MODEL} is under evaluation "
+                                            "(--replace retrains anyway)")
 
     rejected = run_cli(*common, "--replace", "--margin", "-100000", env=env, out_dir=tmp_path, name="retrain-rejected")
-    assert rejected.stdout.startswith("not registered: the candidate fails the gate"), rejected.stdout
+    assert rejected.stdout.splitlines()[-1].startswith("not registered: the candidate fails the gate"), rejected.stdout
     assert str(client.get_model_version_by_alias(MODEL, "challenger").version) == "2"
 
     out = run_cli(*common, "--replace", env=env, out_dir=tmp_path, name="retrain")
-    assert out.stdout.startswith(f"registered: models:/{MODEL}@challenger -> version 3: the candidate passes"), out.stdout
+    assert out.stdout.splitlines()[-1].startswith(f"registered: models:/{MODEL}@challenger -> version 3: the "
+                                                  "candidate passes"), out.stdout
     version = client.get_model_version_by_alias(MODEL, "challenger")
     tags = version.tags
     assert str(version.version) == "3" and tags["kingmaker.retrain.champion_version"] == champion.ref.version
