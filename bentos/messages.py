@@ -8,7 +8,7 @@ problem is reported with the feature's name whatever the model.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
@@ -114,6 +114,11 @@ class ModelInfo(BaseModel):
     threshold: float
     features: list[str]
     feature_types: list[str]
+    model_source: Literal["registry", "cache"] = Field(
+        default="registry", description="registry: resolved at start-up (or since); cache: the registry was "
+        "unreachable at start-up and this is the locally cached version of the same reference")
+    cached_at: float | None = Field(default=None, description="with model_source cache: when it was cached (Unix time)")
+    registry_error: str | None = Field(default=None, description="with model_source cache: the last registry failure")
 
 
 # --- Router ----------------------------------------------------------------------------------

@@ -6,13 +6,18 @@ Run once per arm, configured by environment (see `kingmaker.settings.ServingSett
     KINGMAKER_ARM=challenger KINGMAKER_MODEL_URI=models:/fraud-detector@challenger bentoml serve bentos.scorer:Scorer --port 3002
 
 The alias is resolved to a version once, at start-up; that version is in every response, header and
-metric. Requests are validated against the model signature (4xx naming the field, never a 5xx for bad
-input). Endpoints:
+metric. With ``KINGMAKER_MODEL_CACHE`` the Scorer keeps a copy of what it resolved (`bentos.model_cache`): if
+the registry is unreachable at start-up it serves the cached version of the same reference — says so in a
+warning line, in ``/info`` (``model_source: cache``) and in ``kingmaker_scorer_model_from_cache`` — and
+retries the registry every ``KINGMAKER_REGISTRY_RETRY_SECONDS`` in the background; with no copy it stays
+unready (one error line) until the registry answers. Serving never waits for the registry. Requests are
+validated against the model signature (4xx naming the field, never a 5xx for bad input). Endpoints:
 
 - ``POST /score`` one row; ``POST /score_batch`` JSON rows; ``POST /arrow/score_batch`` an Arrow IPC
   stream (one column per feature), the fast path for large batches;
 - ``POST /explain`` the top contributing features (XGBoost ``pred_contribs``);
-- ``POST /info`` model name, version, alias, threshold and signature (the Router reads it);
+- ``POST /info`` model name, version, alias, threshold and signature, and where the model came from
+  (the Router reads it);
 - ``GET /livez``, ``GET /readyz`` (after the model is loaded and warmed, false once SIGTERM arrives),
   ``GET /metrics``.
 
@@ -30,7 +35,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import logging
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -46,7 +50,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from bentos import auth, edge
+from bentos import auth, edge, model_cache
 from bentos.answers import Refusal, answers_refusals, error_body, error_response
 from bentos.arrow_input import ARROW_FILE, ARROW_STREAM, read_table
 from bentos.lifecycle import Drain, fix_bentoml_request_timers, settle_heap
@@ -68,7 +72,8 @@ from bentos.messages import (
 )
 from bentos.metrics import SCORER_SPECS, Metrics, observe_many
 from bentos.validation import FeatureSchema, InvalidRequest, Problem, row_vector, rows_matrix, table_matrix
-from kingmaker import models
+from kingmaker import mlflow_errors, models
+from kingmaker.errors import TemporaryError
 from kingmaker.settings import MlflowSettings, ServingSettings
 
 log = logging.getLogger(__name__)
@@ -78,20 +83,12 @@ edge.install()  # bounded path labels, error answers of our shape, client errors
 THREAD_ROWS = 512  # batches at least this large are scored off the event loop
 
 
-def load_model(client: Any, uri: str) -> tuple[models.FraudModel, FeatureSchema]:
-    """Resolve ``uri`` once, load the version natively; requests are validated against its signature."""
-    with tempfile.TemporaryDirectory(prefix="kingmaker-scorer-") as tmp:
-        model = models.load_uri(client, uri, Path(tmp))
-    return model, FeatureSchema.from_columns(model.signature)
-
-
 class ScoringEngine:
     """Validation, scoring, decisions and metrics for one loaded model; no HTTP here."""
 
-    def __init__(self, model: models.FraudModel, schema: FeatureSchema, arm: str, max_batch_rows: int,
-                 metrics: Metrics):
+    def __init__(self, model: models.FraudModel, arm: str, max_batch_rows: int, metrics: Metrics):
         self.model = model
-        self.schema = schema
+        self.schema = FeatureSchema.from_columns(model.signature)  # requests are validated against it
         self.arm = arm
         self.max_batch_rows = max_batch_rows
         self.metrics = metrics
@@ -109,6 +106,19 @@ class ScoringEngine:
         self._labels = labels
         metrics.gauge("kingmaker_scorer_model_info").labels(arm=arm, model_name=self.name,
                                                             model_version=self.version).set(1)
+        self._from_cache = metrics.gauge("kingmaker_scorer_model_from_cache").labels(
+            arm=arm, model_name=self.name, model_version=self.version)
+        self.cached_at: float | None = None
+        self.registry_error: str | None = None
+        self.served_from_registry()
+
+    def served_from_cache(self, cached_at: float, error: str) -> None:
+        self.cached_at, self.registry_error = cached_at, error
+        self._from_cache.set(1)
+
+    def served_from_registry(self) -> None:
+        self.cached_at = self.registry_error = None
+        self._from_cache.set(0)
 
     def warm_up(self) -> None:
         """Exercise every code path once so the first real request pays no lazy initialisation."""
@@ -147,7 +157,9 @@ class ScoringEngine:
         ref = self.model.ref
         return ModelInfo(arm=self.arm, model_name=ref.name, model_version=ref.version, alias=ref.alias,
                          run_id=ref.run_id, flavor=self.model.flavor, threshold=self.model.threshold,
-                         features=list(self.schema.names), feature_types=list(self.schema.types))
+                         features=list(self.schema.names), feature_types=list(self.schema.types),
+                         model_source="registry" if self.cached_at is None else "cache", cached_at=self.cached_at,
+                         registry_error=self.registry_error)
 
 
 def _new_id() -> str:
@@ -180,12 +192,15 @@ class Scorer:
 
     def __init__(self) -> None:
         settings = ServingSettings.from_env()
-        started = time.perf_counter()
-        model, schema = load_model(MlflowSettings.from_env().client(), settings.model_uri)
+        self.settings = settings
         self.metrics = Metrics(SCORER_SPECS)
-        self.engine = ScoringEngine(model, schema, settings.arm, settings.max_batch_rows, self.metrics)
-        self.engine.warm_up()
+        self._engine: ScoringEngine | None = None
+        self._retry: model_cache.RegistryRetry | None = None
+        self.cache = model_cache.ModelCache(Path(settings.model_cache)) if settings.model_cache else None
+        mlflow_errors.bound_http_retries()  # "the registry is down" within seconds, not minutes
+        self.client = MlflowSettings.from_env().client()
         self.drain = Drain(settings.drain_seconds)
+        self._start_serving()
         # clients' scoring tokens and the Router's own: either opens the scoring endpoints
         files = [Path(f) for f in (settings.scoring_token_file, settings.arm_token_file) if f]
         tokens = auth.TokenStore((*settings.scoring_tokens, *settings.arm_tokens), *files)
@@ -193,10 +208,77 @@ class Scorer:
                      if tokens.configured or files else {})
         self.max_body_bytes = settings.max_body_bytes
         _guard.guard = auth.Guard(protected=protected, max_body_bytes=settings.max_body_bytes)
-        self._ready = True
-        log.info("scorer %s: %s version %s (%s) loaded and warmed in %.1fs; %d features", settings.arm,
-                 model.ref.name, model.ref.version, settings.model_uri, time.perf_counter() - started,
-                 len(schema.names))
+
+    # --- the model: from the registry, else the local cache; retried in the background --------------
+    def _start_serving(self) -> None:
+        """Serve the version the registry resolves ``model_uri`` to; when the registry is unreachable, the
+        cached version of the same reference (else nothing: not ready), and keep retrying the registry."""
+        uri = self.settings.model_uri
+        started = time.perf_counter()
+        try:
+            self._serve(model_cache.fetch(self.client, uri, self.cache), started)
+            return
+        except TemporaryError as exc:
+            error = str(exc)
+        cached = model_cache.from_cache(self.cache, uri)
+        every = f"retrying every {self.settings.registry_retry_seconds:g}s"
+        if cached is None:
+            where = f"in {self.cache.root}" if self.cache else "(KINGMAKER_MODEL_CACHE is not set)"
+            log.error("scorer %s: NOT READY: the registry is unreachable and there is no cached copy of %s %s; "
+                      "%s: %s", self.settings.arm, uri, where, every, error)
+        else:
+            model, cached_at = cached
+            engine = self._serve(model, started)
+            engine.served_from_cache(cached_at, error)
+            log.warning("scorer %s: serving the CACHED %s version %s (%s, cached %s) because the registry is "
+                        "unreachable; %s: %s", self.settings.arm, model.ref.name, model.ref.version, uri,
+                        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cached_at)), every, error)
+        self._retry = model_cache.RegistryRetry(self._registry_back, self.settings.registry_retry_seconds,
+                                                self._still_down).start()
+
+    def _serve(self, model: models.FraudModel, started: float) -> ScoringEngine:
+        engine = ScoringEngine(model, self.settings.arm, self.settings.max_batch_rows, self.metrics)
+        engine.warm_up()
+        self._engine = engine
+        log.info("scorer %s: %s version %s (%s) loaded and warmed in %.1fs; %d features", self.settings.arm,
+                 model.ref.name, model.ref.version, self.settings.model_uri, time.perf_counter() - started,
+                 len(engine.schema.names))
+        return engine
+
+    def _still_down(self, exc: Exception) -> None:
+        if self._engine is not None:
+            self._engine.registry_error = str(exc)
+        log.warning("scorer %s: registry still unreachable: %s", self.settings.arm, exc)
+
+    def _registry_back(self) -> None:
+        """One retry: resolve again. Serving nothing -> load it (and cache it) and become ready. Serving the
+        cached copy of the version the registry names -> it is confirmed; of another version (an alias that
+        moved during the outage) -> keep serving it: a restart picks the new one up, as after any move."""
+        started = time.perf_counter()
+        engine = self._engine
+        if engine is None:
+            self._serve(model_cache.fetch(self.client, self.settings.model_uri, self.cache), started)
+            log.info("scorer %s: the registry is reachable again; now READY", self.settings.arm)
+            return
+        name, ref = models.parse_model_uri(self.settings.model_uri)
+        now = models.resolve(self.client, name, ref)
+        if now.version == engine.version:
+            engine.served_from_registry()
+            log.info("scorer %s: the registry is reachable again and confirms the cached version %s of %s",
+                     self.settings.arm, engine.version, self.settings.model_uri)
+        else:
+            engine.registry_error = f"{self.settings.model_uri} now resolves to version {now.version}; restart to serve it"
+            log.warning("scorer %s: the registry is reachable again but %s now resolves to version %s; this "
+                        "process keeps serving the cached version %s until it is restarted", self.settings.arm,
+                        self.settings.model_uri, now.version, engine.version)
+
+    @property
+    def engine(self) -> ScoringEngine:
+        """The loaded model; until there is one (registry down, no cache) every endpoint answers 503."""
+        engine = self._engine
+        if engine is None:
+            raise Refusal(503, error_body(ErrorCode.NOT_READY, "no model loaded yet: the registry is unreachable"))
+        return engine
 
     @bentoml.on_startup
     def _started(self) -> None:
@@ -204,7 +286,7 @@ class Scorer:
             settle_heap()
 
     def __is_ready__(self) -> bool:
-        return self._ready and not self.drain.draining
+        return self._engine is not None and not self.drain.draining
 
     def __metrics__(self, content: str) -> str:
         return content + self.metrics.exposition()
@@ -283,7 +365,8 @@ class Scorer:
                            threshold=engine.model.threshold, contributions=top)
 
     @bentoml.api(route="/info")
-    async def info(self, _: Empty, /) -> ModelInfo:
+    @answers_refusals
+    async def info(self, _: Empty, /, ctx: bentoml.Context) -> ModelInfo:
         """The served model version and its signature."""
         return self.engine.info()
 
@@ -292,7 +375,10 @@ class Scorer:
         Answers JSON like /score_batch, or Arrow (columns score, decision) when ``Accept`` asks for it. The
         body is measured before it is decompressed (`bentos.arrow_input`)."""
         started = time.perf_counter()
-        engine = self.engine
+        try:
+            engine = self.engine
+        except Refusal as exc:
+            return error_response(None, exc, {})
         headers = dict(engine.headers)
         media = request.headers.get("content-type", "").split(";")[0].strip()
         if media not in (ARROW_STREAM, ARROW_FILE):

@@ -400,4 +400,7 @@ def _kubernetes(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kingmaker.mlflow_errors import bound_http_retries
+
+    bound_http_retries()  # a registry outage is a held reconcile within seconds, not minutes of MLflow retries
     return _kubernetes(args) if args.kubernetes else _local(args)

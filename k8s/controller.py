@@ -10,7 +10,9 @@ One reconcile of one resource:
 5. `k8s.act.act`.
 
 `Controller.run_once` wraps it: a `TemporaryError` (MLflow, the logs or the API server unreachable) is
-logged and retried at the next tick; a `PermanentError` puts the resource in phase ``Error`` with the
+logged and retried at the next tick, the resource held where it is (condition ``Reachable=False`` with the
+reason, phase unchanged: nothing is promoted or rolled back) until a reconcile succeeds again; a
+`PermanentError` puts the resource in phase ``Error`` with the
 message; neither escapes the loop. Every reconcile is counted by result, with the phase it leaves, and
 the loops report whether this process leads (`k8s.act.ControllerMetrics`).
 """
@@ -21,7 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from k8s import act
@@ -98,17 +100,41 @@ class Controller:
         try:
             result = self.reconcile()
             outcome, status = ReconcileResult.OK, result.status
+            if not st.reachable(status):
+                status = self._save(st.reached(status, now=self.clock()))
+                log.info("%s: the registry, the logs and the API server answer again", self.resource.name)
+                result = replace(result, status=status)
         except LostLeadership as exc:
             log.warning("not acting: %s", exc)
             outcome = ReconcileResult.NOT_LEADER
         except TemporaryError as exc:
-            log.warning("reconcile failed, will retry: %s", exc)
-            outcome = ReconcileResult.TEMPORARY_ERROR
+            log.warning("reconcile failed, holding (no promotion, no rollback) until it succeeds: %s", exc)
+            outcome, status = ReconcileResult.TEMPORARY_ERROR, self._record_unreachable(str(exc))
         except PermanentError as exc:
             log.error("reconcile failed: %s", exc)
             outcome, status = ReconcileResult.PERMANENT_ERROR, self._record_failure(str(exc))
         self.ports.metrics.reconciled(self.resource.name, outcome, status, self.clock())
         return result
+
+    def _save(self, status: Status) -> Status:
+        self.ports.guard()
+        self.ports.store.save(status)
+        return status
+
+    def _record_unreachable(self, message: str) -> Status | None:
+        """Condition ``Reachable=False`` with ``message`` (saved when it changes; the phase stays: a hold), or
+        None when the status cannot be read or written either (the API server may be what is down)."""
+        try:
+            status = self.resource.status()
+            held = st.unreachable(status, message, now=self.clock())
+            if held.conditions != status.conditions:
+                self._save(held)
+                if st.reachable(status):
+                    self.ports.store.event("Warning", "DependencyUnavailable", message)
+            return held
+        except KingmakerError as exc:
+            log.warning("could not record the hold in the status: %s", exc)
+            return None
 
     def _record_failure(self, message: str) -> Status | None:
         """Phase ``Error`` with ``message``; returns the status saved (None if it could not be)."""

@@ -47,6 +47,7 @@ from numpy.typing import NDArray
 from k8s import sequential
 from k8s.policy import Approval, Criterion, Policy
 from k8s.sequential import BettingResult, betting_test, pair_blocks, pr_auc_analysis, split_ratio, transaction_costs
+from kingmaker import maturity
 from kingmaker.roles import Mode
 
 Floats = NDArray[np.float64]
@@ -227,8 +228,8 @@ def mature(rows: ArmRows, *, now: float, label_delay_seconds: float) -> Matured:
     """
     order = np.argsort(rows.ts, kind="stable")
     ts, label, label_ts = rows.ts[order], rows.label[order], rows.label_ts[order]
-    due = ts + label_delay_seconds <= now
-    known = due & ~np.isnan(label) & (label_ts <= ts + label_delay_seconds)
+    due = maturity.due(ts, now=now, label_delay_seconds=label_delay_seconds)
+    known = maturity.matured(ts, label, label_ts, now=now, label_delay_seconds=label_delay_seconds)
     return Matured(
         score=rows.score[order][known], label=label[known] == 1.0,
         amount=None if rows.amount is None else rows.amount[order][known],

@@ -218,6 +218,26 @@ class ConditionType:
     READY = "Ready"  # serving matches the registry and no swap is half done
     EVALUATED = "Evaluated"  # the last look produced a decision (False: ERROR)
     AWAITING_APPROVAL = "AwaitingApproval"  # a promotion waits for `kingmaker promote --approve`
+    # the registry, the logs and the API server answered the last reconcile; False: the resource is held where it
+    # is (no promotion, no rollback) with the reason, until they answer again
+    REACHABLE = "Reachable"
+
+
+def reachable(status: Status) -> bool:
+    """False while the last reconcile could not reach a dependency (`unreachable`)."""
+    return not any(c.get("type") == ConditionType.REACHABLE and c.get("status") == "False" for c in status.conditions)
+
+
+def unreachable(status: Status, message: str, *, now: float) -> Status:
+    """A dependency is down (`kingmaker.errors.TemporaryError`): held, phase unchanged, the reason recorded."""
+    return replace(status, conditions=set_condition(status.conditions, ConditionType.REACHABLE, False, "TemporaryError",
+                                                    message, rfc3339(now), status.observed_generation))
+
+
+def reached(status: Status, *, now: float) -> Status:
+    """Every dependency answered again after `unreachable`."""
+    return replace(status, conditions=set_condition(status.conditions, ConditionType.REACHABLE, True, "Reachable", "",
+                                                    rfc3339(now), status.observed_generation))
 
 
 def set_condition(conditions: tuple[Mapping[str, Any], ...], type_: str, status: bool | None, reason: str,

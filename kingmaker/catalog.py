@@ -167,6 +167,9 @@ SERVING = (
                ("arm", "model_version", "endpoint", "reason")),
     MetricSpec("kingmaker_scorer_model_info", Kind.GAUGE,
                "1 for the model version this Scorer serves", ("arm", "model_name", "model_version")),
+    MetricSpec("kingmaker_scorer_model_from_cache", Kind.GAUGE,
+               "1 while this Scorer serves its locally cached model version because the registry was unreachable "
+               "at start-up (it keeps retrying), else 0", ("arm", "model_name", "model_version")),
     MetricSpec("kingmaker_router_requests", Kind.COUNTER,
                "Routed requests by the arm that answered the client", ("arm", "model_version", "mode", "code")),
     MetricSpec("kingmaker_router_request_duration_seconds", Kind.HISTOGRAM,

@@ -22,6 +22,8 @@ from kingmaker.settings import MlflowSettings, environment_help
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("kingmaker.demo", "the whole product on this machine: train and register champion and challenger"),
     "train": ("training.cli", "train candidates on a data set and register the chosen one in MLflow"),
+    "retrain": ("training.retrain_cli", "train a challenger on the served, labelled traffic; register it only if "
+                "it passes the gate against the champion"),
     "serve": ("bentos.cli", "serve champion and challenger behind the Router as local bentoml processes"),
     "drift": ("drift_service.cli", "measure drift of the latest prediction-log window from the champion's reference"),
     "promote": ("k8s.cli", "the promotion controller: decide, promote or roll back the challenger (local or --kubernetes)"),

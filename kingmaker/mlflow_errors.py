@@ -12,6 +12,7 @@ mlflow and httpx are imported inside the functions that need them: importing thi
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -19,6 +20,19 @@ from kingmaker.errors import KingmakerError, PermanentError, TemporaryError
 
 #: MLflow error codes that retrying cannot fix: the request names nothing, or is invalid.
 PERMANENT_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"})
+
+
+#: MLflow's HTTP client retries a failing server 7 times with exponential backoff and waits up to 120 s per
+#: attempt, so one call against a registry that is down can take minutes. Services that must answer "the
+#: registry is down" quickly (the Scorer's start-up, the controller's reconcile) bound it; an operator's own
+#: ``MLFLOW_HTTP_REQUEST_*`` settings win.
+BOUNDED_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+def bound_http_retries() -> None:
+    """Set `BOUNDED_HTTP` in this process's environment where the variable is not set (MLflow reads it per call)."""
+    for key, value in BOUNDED_HTTP.items():
+        os.environ.setdefault(key, value)
 
 
 def first_line(exc: BaseException) -> str:

@@ -255,6 +255,12 @@ class ServingSettings:
         "KINGMAKER_DRAIN_SECONDS"))
     feedback_lookup_days: int = field(default=30, metadata=_doc(
         "Router: days of prediction log searched for /feedback request ids", "KINGMAKER_FEEDBACK_LOOKUP_DAYS"))
+    model_cache: str = field(default="", metadata=_doc(
+        "Scorer: folder keeping a copy of the model version it resolved, served when the registry is unreachable "
+        "at start-up ('' = no cache)", "KINGMAKER_MODEL_CACHE"))
+    registry_retry_seconds: float = field(default=30.0, metadata=_doc(
+        "Scorer: seconds between registry retries while it serves from its cache (or serves nothing yet)",
+        "KINGMAKER_REGISTRY_RETRY_SECONDS"))
 
     @classmethod
     def from_env(cls, **overrides: object) -> ServingSettings:

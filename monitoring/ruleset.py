@@ -316,6 +316,12 @@ SERVING_ALERTS = (
           Severity.WARNING, "The Router answers no requests",
           f"The Router of {_WHERE} is up but answered no request for 10 minutes: clients cannot reach it, or "
           "send their traffic elsewhere. No traffic also means no evidence for the controller.", "10m"),
+    Alert("KingmakerScorerServingFromCache",
+          f"max by ({BY}, arm, model_version) ({metric('kingmaker_scorer_model_from_cache')}) > 0",
+          Severity.WARNING, "A Scorer serves its cached model: the registry was unreachable at its start",
+          f"A {{{{ $labels.arm }}}} Scorer of {_WHERE} serves version {{{{ $labels.model_version }}}} from its local "
+          "model cache because the MLflow registry was unreachable when it started, for 15 minutes. It answers "
+          "normally and retries the registry; Scorers started without a cached copy stay unready meanwhile.", "15m"),
     Alert("KingmakerPredictionLogNotFlushing",
           f"{LOG_LAG.record} > {LOG_MAX_LAG_SECONDS}",
           Severity.WARNING, "Prediction-log rows are not being written",

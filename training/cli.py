@@ -10,6 +10,7 @@ from kingmaker.settings import MlflowSettings, environment_help
 
 if TYPE_CHECKING:
     from training.data import Dataset
+    from training.pipeline import TrainConfig
 
 DATA_HELP = ("'creditcard' (the real Kaggle set, 284,807 transactions), 'synthetic' (generated, with "
              "customer/merchant keys and a controllable fraud rate), or a CSV/Parquet file path")
@@ -40,6 +41,11 @@ def load_data(args: argparse.Namespace) -> Dataset:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = environment_help(MlflowSettings)
     add_data_arguments(p)
+    add_arguments_training(p)
+
+
+def add_arguments_training(p: argparse.ArgumentParser) -> None:
+    """The training and MLflow options (`kingmaker train` and `kingmaker retrain`)."""
     g = p.add_argument_group("training")
     g.add_argument("--candidates", default="xgboost,logreg,forest", help="comma-separated: xgboost, logreg, forest")
     g.add_argument("--folds", type=int, default=5, help="stratified K-fold CV on the training part")
@@ -64,18 +70,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--model-name", help="registered model name (default fraud-detector)")
 
 
-def run(args: argparse.Namespace) -> int:
+def training_config(args: argparse.Namespace, *, register: bool | None = None, split: str | None = None,
+                    ) -> TrainConfig:
+    """The `TrainConfig` the training options say (``register`` / ``split`` override theirs)."""
     from training import metrics
-    from training.pipeline import TrainConfig, train
+    from training.pipeline import TrainConfig
+
+    return TrainConfig(
+        candidates=tuple(c.strip() for c in args.candidates.split(",") if c.strip()), folds=args.folds,
+        test_size=args.test_size, split=split or args.split, select_by=args.select_by,
+        threshold_objective=args.threshold_objective,
+        costs=metrics.CostMatrix(review_cost=args.review_cost, missed_fraud_cost=args.missed_fraud_cost),
+        tune=args.tune, n_bootstrap=args.bootstrap, seed=args.seed, n_jobs=args.n_jobs,
+        register=(not args.no_register) if register is None else register)
+
+
+def run(args: argparse.Namespace) -> int:
+    from training.pipeline import train
 
     settings = MlflowSettings.from_env(tracking_uri=args.tracking_uri, experiment=args.experiment,
                                        model_name=args.model_name)
-    cfg = TrainConfig(
-        candidates=tuple(c.strip() for c in args.candidates.split(",") if c.strip()), folds=args.folds,
-        test_size=args.test_size, split=args.split, select_by=args.select_by,
-        threshold_objective=args.threshold_objective,
-        costs=metrics.CostMatrix(review_cost=args.review_cost, missed_fraud_cost=args.missed_fraud_cost),
-        tune=args.tune, n_bootstrap=args.bootstrap, seed=args.seed, n_jobs=args.n_jobs, register=not args.no_register)
+    cfg = training_config(args)
     ds = load_data(args)
     result = train(ds, cfg, settings)
     print()

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from kingmaker.mlflow_errors import BOUNDED_HTTP
 from tests.conftest import PATIENT, mlflow_store
 
 FEATURES = ["amount", "f01", "f02", "f03", "f04", "f05"]
@@ -140,6 +141,8 @@ def scorer_env(registry: Registry, monkeypatch: pytest.MonkeyPatch, empty_promet
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("KINGMAKER_MODEL_URI", "models:/fraud-detector@champion")
     monkeypatch.setenv("KINGMAKER_ARM", "champion")
+    for key, value in BOUNDED_HTTP.items():  # the Scorer sets them where unset: keep that out of other tests
+        monkeypatch.setenv(key, value)
     yield registry
 
 

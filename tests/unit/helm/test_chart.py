@@ -111,6 +111,9 @@ def test_serving_pods_probe_and_drain(scenario: Path) -> None:
     (["networkPolicy.egressPorts={70000}"], "/networkPolicy/egressPorts/0"),
     (["router.feedbackTokenSecret.name=Not_A_Name"], "/router/feedbackTokenSecret/name"),
     (["drift.window=hourly"], "/drift/window"),
+    (["scorer.modelCache.registryRetrySeconds=0"], "/scorer/modelCache/registryRetrySeconds"),
+    (["scorer.modelCache.claimName=Bad_Claim"], "/scorer/modelCache/claimName"),
+    (["retrain.candidates=svm"], "/retrain/candidates"),
 ])
 def test_bad_values_fail_naming_the_key(sets: list[str], key: str) -> None:
     args: list[str | Path] = ["template", "kingmaker", CHART]
@@ -157,3 +160,52 @@ def test_notes_name_the_live_colour_and_how_to_switch_back() -> None:
 
 def _docs_by_name(docs: list[Doc], kind: str) -> dict[str, dict]:
     return {d.name: d.obj for d in docs if d.kind == kind}
+
+
+def _scorer_pods(*sets: str) -> list[dict]:
+    return [d.obj["spec"]["template"]["spec"] for d in render(sets=sets) if d.kind == "Deployment"
+            and d.obj["metadata"]["labels"]["app.kubernetes.io/component"] == "scorer"]
+
+
+def test_scorers_keep_a_model_cache_on_a_volume() -> None:
+    """KINGMAKER_MODEL_CACHE on a mounted volume: an emptyDir by default, a claim when named, none when off."""
+    pods = _scorer_pods()
+    assert pods
+    for pod in pods:
+        (c,) = pod["containers"]
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        assert env["KINGMAKER_MODEL_CACHE"] == "/var/cache/kingmaker/models"
+        assert env["KINGMAKER_REGISTRY_RETRY_SECONDS"] == "30"
+        mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+        assert mounts["model-cache"] == env["KINGMAKER_MODEL_CACHE"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["model-cache"]["emptyDir"] == {"sizeLimit": "2Gi"}
+    for pod in _scorer_pods("scorer.modelCache.claimName=kingmaker-models"):
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["model-cache"] == {"name": "model-cache",
+                                          "persistentVolumeClaim": {"claimName": "kingmaker-models"}}
+    for pod in _scorer_pods("scorer.modelCache.enabled=false"):
+        (c,) = pod["containers"]
+        assert "KINGMAKER_MODEL_CACHE" not in {e["name"] for e in c["env"]}
+        assert "model-cache" not in {v["name"] for v in pod["volumes"]}
+
+
+def test_the_retrain_job_runs_weekly_with_the_controllers_label_delay() -> None:
+    """The CronJob's command parses with the real CLI; its label delay is the resource's labelDelaySeconds (else
+    the CRD default), so retraining counts exactly the labels the controller counts."""
+    from kingmaker import cli
+
+    def job(*sets: str) -> dict:
+        (found,) = [d.obj for d in render(sets=sets) if d.kind == "CronJob" and d.name == "kingmaker-retrain"]
+        return found
+
+    default = job()
+    assert default["spec"]["schedule"] == "17 3 * * 1" and default["spec"]["concurrencyPolicy"] == "Forbid"
+    (c,) = default["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    args = cli.build_parser().parse_args(c["args"])
+    assert (args.label_delay.total_seconds(), args.holdout, args.margin, args.replace) == (604800, 0.2, 0.0, False)
+    (c,) = job("championChallenger.policy.labelDelaySeconds=3600", "retrain.replace=true")["spec"]["jobTemplate"][
+        "spec"]["template"]["spec"]["containers"]
+    args = cli.build_parser().parse_args(c["args"])
+    assert (args.label_delay.total_seconds(), args.replace) == (3600, True)
+    assert not [d for d in render(sets=["retrain.enabled=false"]) if d.name == "kingmaker-retrain"]

@@ -112,7 +112,7 @@ def test_every_kingmaker_command_parses_with_the_real_cli(scenario: Any) -> None
     parser = cli.build_parser()
     commands = [c for d in render(scenario) for pod in pod_specs(d.obj) for c in pod["containers"]
                 if c.get("command") == ["kingmaker"]]
-    assert {c["args"][0] for c in commands} <= {"drift", "promote"} and commands
+    assert {c["args"][0] for c in commands} <= {"drift", "promote", "retrain"} and commands
     for c in commands:
         parser.parse_args(c["args"])  # exits (fails the test) on an unknown or malformed flag
 
@@ -152,7 +152,7 @@ def test_a_settings_change_rolls_the_pods_and_a_traffic_change_does_not() -> Non
             "kingmaker.io/settings-checksum"] for d in workloads}
 
     changed = {n for n, c in checksums(settings).items() if c != checksums(base)[n]}
-    assert changed == set(checksums(base)) and len(changed) == 8  # 2 colours x 3, controller, drift
+    assert changed == set(checksums(base)) and len(changed) == 9  # 2 colours x 3, controller, drift, retrain
     assert checksums(traffic) == checksums(base)
 
 

@@ -73,3 +73,14 @@ def test_the_release_runs_on_version_tags_and_uses_the_repository_scripts() -> N
     assert "bash .ci/images --version" in runs and "--push" in runs
     assert "python3 .ci/deploy --version" in runs and "bash .ci/tools helm kubectl" in runs
     assert doc["concurrency"]["cancel-in-progress"] is False
+
+
+def test_the_retrain_workflow_runs_weekly_with_credentials_by_reference() -> None:
+    doc = _load(ROOT / ".github" / "workflows" / "retrain.yml")
+    assert doc["on"]["schedule"] == [{"cron": "17 3 * * 1"}] and "workflow_dispatch" in doc["on"]
+    job = doc["jobs"]["retrain"]
+    assert job["permissions"] == {"contents": "read"} and doc["concurrency"]["cancel-in-progress"] is False
+    for key in ("MLFLOW_TRACKING_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert job["env"][key] == f"${{{{ secrets.{key} }}}}", key
+    runs = [s["run"] for s in job["steps"] if "run" in s]
+    assert runs[-1].startswith("kingmaker retrain --label-delay")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -17,7 +17,7 @@ from k8s.decide import Outcome, Reason
 from k8s.resource import Phase
 from k8s.sources.registry import MlflowRegistry
 from k8s.state import Arms, Pair, Status
-from kingmaker.errors import PermanentError
+from kingmaker.errors import PermanentError, TemporaryError
 from kingmaker.roles import Mode
 
 from .conftest import T0, Boom, Fixed, Home, MemoryStore, RecordingServing, sources, spec, traffic_frame
@@ -262,3 +262,38 @@ def test_empty_logs_hold_for_samples(home: Home, registry: MlflowRegistry) -> No
     result = controller.reconcile()
     assert result.decision is not None and result.decision.reason is Reason.INSUFFICIENT_SAMPLES
     assert store.current.phase is Phase.EVALUATING
+
+
+class DownRegistry(JournalRegistry):
+    """The registry unreachable while ``down`` (what `MlflowRegistry` raises then: a `TemporaryError`)."""
+
+    down = True
+
+    def aliases(self) -> dict[str, str]:
+        if self.down:
+            raise TemporaryError("MLflow: get registered model fraud-detector: connection refused")
+        return super().aliases()
+
+
+def test_a_registry_outage_holds_with_the_reason_and_the_next_reconcile_completes(
+        home: Home, registry: MlflowRegistry) -> None:
+    controller, journal, store, _ = setup(home, registry)  # evidence that promotes v2
+    down = DownRegistry(registry, journal)
+    controller.ports = replace(controller.ports, registry=down)
+    before = store.current.phase
+    for _ in range(2):
+        assert controller.run_once() is None
+    assert registry.aliases() == {"champion": "1", "challenger": "2"}  # neither promoted nor rolled back
+    assert store.current.phase is before and [e for e in journal.entries if e[0] != "save"] == []
+    held = next(c for c in store.current.conditions if c["type"] == "Reachable")
+    assert (held["status"], held["reason"]) == ("False", "TemporaryError")
+    assert "connection refused" in held["message"]
+    assert len(store.saved) == 1 and [e[1] for e in store.events] == ["DependencyUnavailable"]  # once, not per tick
+
+    down.down = False
+    result = controller.run_once()
+    assert result is not None and result.decision is not None and result.decision.outcome is Outcome.PROMOTE
+    assert registry.aliases() == {"champion": "2", "previous-champion": "1"}
+    back = next(c for c in store.current.conditions if c["type"] == "Reachable")
+    assert (back["status"], back["reason"]) == ("True", "Reachable")
+    assert store.current.phase is Phase.PROMOTED

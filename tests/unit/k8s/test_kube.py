@@ -260,7 +260,10 @@ def test_kubernetes_promotion_interrupted_by_the_api_server_then_finished(
     server.failures = [("PATCH", f"deployments/{NAME}-champion-green$", 503)]
     assert controller.run_once() is None  # a temporary error: logged, retried next tick
     assert registry.aliases()["champion"] == "2"  # the alias moved ...
-    assert server.get("cc", NAME)["status"]["phase"] == "Promoting"  # ... and the intent is on the resource
+    held = server.get("cc", NAME)["status"]
+    assert held["phase"] == "Promoting"  # ... and the intent is on the resource, with why it waits
+    reachable = next(c for c in held["conditions"] if c["type"] == "Reachable")
+    assert reachable["status"] == "False" and "503" in reachable["message"]
     assert [server.get("deployment", f"{NAME}-champion-{c}")["spec"]["template"]["metadata"]["annotations"][
         VERSION_ANNOTATION] for c in ("blue", "green")] == ["2", "1"]  # half way
 
@@ -275,7 +278,8 @@ def test_kubernetes_promotion_interrupted_by_the_api_server_then_finished(
         assert champion["metadata"]["annotations"][VERSION_ANNOTATION] == "2"
     cfg = router_config.parse(yaml.safe_load(server.get("configmap", f"{NAME}-router")["data"]["router.yaml"]))
     assert (cfg.mode, cfg.challenger_weight) == (Mode.SPLIT, 0.0)
-    assert [e["reason"] for e in server.events] == ["ChallengerBetter", "Promoted"]
+    assert next(c for c in status["conditions"] if c["type"] == "Reachable")["status"] == "True"
+    assert [e["reason"] for e in server.events] == ["ChallengerBetter", "DependencyUnavailable", "Promoted"]
     assert registry.aliases() == {"champion": "2", "previous-champion": "1"}
 
 

@@ -53,7 +53,7 @@ def test_kustomization_lists_existing_files_and_every_manifest() -> None:
 def test_every_kingmaker_command_parses() -> None:
     parser = cli.build_parser()
     commands = [c for p in MANIFESTS for d in _docs(p) for c in _containers(d) if c.get("command") == ["kingmaker"]]
-    assert {c["args"][0] for c in commands} == {"drift", "promote"}
+    assert {c["args"][0] for c in commands} == {"drift", "promote", "retrain"}
     for container in commands:
         parser.parse_args(container["args"])  # exits (fails the test) on an unknown or malformed flag
 
