@@ -176,6 +176,16 @@ def registered_pair() -> tuple[str, str]:
     return str(aliases["champion"]), str(aliases["challenger"])
 
 
+def write_examples(folder: Path, replay: Any, features: tuple[str, ...]) -> None:
+    """Request bodies for the README's curl examples, from replayed transactions: ``request.json`` (/predict),
+    ``batch.json`` (/predict_batch) and ``feedback.json`` (its label, for /feedback)."""
+    rows = [{"request_id": f"example-{i}", "features": {f: float(replay[f].iloc[i]) for f in features}}
+            for i in range(2)]
+    (folder / "request.json").write_text(json.dumps({**rows[0], "ids": {"customer_id": "c42"}}, indent=1))
+    (folder / "batch.json").write_text(json.dumps({"rows": [{"features": r["features"]} for r in rows]}, indent=1))
+    (folder / "feedback.json").write_text(json.dumps({"labels": [{"request_id": "example-0", "label": 0}]}))
+
+
 # --- the stack ------------------------------------------------------------------------------------
 
 def _exe() -> str:
@@ -388,6 +398,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"data: {ds.name}, {len(ds.frame):,} rows in time order -> train on the earliest {len(split.train.frame):,}"
           f"{' (a stratified sample)' if args.fast else ''}, replay {len(split.replay):,} later ones "
           f"({int(split.replay[ds.label].sum())} frauds) as live traffic", flush=True)
+    write_examples(work, split.replay, split.train.features)
     champion, challenger = registered_pair() if args.reuse_models else train_pair(split.train, args)
     trained_at = time.time()
 
