@@ -20,7 +20,7 @@ from kingmaker.settings import MlflowSettings, environment_help
 
 #: name -> (module, one-line summary). Benchmarks are ``kingmaker bench <name>``.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("kingmaker.demo", "the whole product on this machine: train and register champion and challenger"),
+    "demo": ("kingmaker.demo", "the whole loop on this machine and the real data: train, serve, replay, decide, report"),
     "train": ("training.cli", "train candidates on a data set and register the chosen one in MLflow"),
     "serve": ("bentos.cli", "serve champion and challenger behind the Router as local bentoml processes"),
     "drift": ("drift_service.cli", "measure drift of the latest prediction-log window from the champion's reference"),

@@ -463,16 +463,23 @@ def run(args: argparse.Namespace) -> int:
         replay = Replay(router, token, replay_rows(split.replay, split.train.features, ds.label),
                         batch_rows=args.batch_rows, label_delay_s=args.label_delay)
         replay_began = time.time()
-        ended = asyncio.run(_drive(replay, watch, (controller, work / "logs" / "controller.log"), args, drift, min(5_000, len(split.replay) // 4),
-                                   label_delay_s + 3 * LOOK_EVERY_S + 10))
-        replay_ended = time.time()
+        ended = asyncio.run(_drive(replay, watch, (controller, work / "logs" / "controller.log"), args, drift,
+                                   drift_after=min(5_000, len(split.replay) // 4),
+                                   final_wait_s=label_delay_s + 3 * LOOK_EVERY_S + 10))
+        replay_ended = time.time()  # and the final looks
         print(f"replay ended: {ended}; {replay.counts.sent:,} requests, {replay.counts.failed} failed, "
               f"{replay.counts.labels_sent:,} labels sent", flush=True)
         watch.look()
-        latency = demo_report.latency_from_prometheus(localstack.PrometheusHTTP(prometheus), replay_began,
-                                                      replay_ended) if prometheus else None
-        events = [json.loads(x) for x in (home / "controller" / f"{NAME}.events.jsonl").read_text().splitlines()
-                  if x.strip()] if (home / "controller" / f"{NAME}.events.jsonl").exists() else []
+        latency = None
+        if prometheus:
+            api = localstack.PrometheusHTTP(prometheus)
+            try:
+                latency = demo_report.latency_from_prometheus(api, replay_began, replay_ended)
+            finally:
+                api.close()
+        events_path = home / "controller" / f"{NAME}.events.jsonl"
+        events = [json.loads(x) for x in events_path.read_text().splitlines() if x.strip()] \
+            if events_path.exists() else []
         time.sleep(3)  # the Router flushes its prediction log every 2 s
         record = {
             "ended": ended, "mode": args.mode, "weight": args.weight, "champion_version": champion,
@@ -509,11 +516,15 @@ def _write_outputs(work: Path, report_path: Path, record: dict[str, Any], logs: 
     (work / "decision.json").write_text(json.dumps(record, indent=1, default=str))
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(demo_report.render(record, logs.predictions_url, logs.labels_url))
-    decided = record["decision"]
-    last = (record["status"].get("lastEvaluation") or {})
-    print(f"\n== {'PROMOTED' if decided and decided.get('action') == 'Promoted' else (decided or {}).get('action', 'NOT PROMOTED')}"
-          f" == {last.get('outcome', '?')} {last.get('reason', '')}: {last.get('message', '')}")
-    print(f"failed requests: {record['requests']['failed']} of {record['requests']['sent']:,}; "
+    action = (record["decision"] or {}).get("action")
+    last = record["status"].get("lastEvaluation") or {}
+    verdict = {"Promoted": "the challenger was PROMOTED", "RolledBack": "the challenger was ROLLED BACK"}.get(
+        action or "", "the challenger was NOT promoted")
+    print(f"\n== {verdict}; last decision {last.get('outcome', 'none')} {last.get('reason', '')}: "
+          f"{last.get('message', '')}")
+    failed = record["requests"]["failed"]
+    print(f"failed requests: {failed} of {record['requests']['sent']:,}"
+          f"{'' if failed == 0 else ' (must be 0: see ' + str(work / 'logs') + ')'}; "
           f"wall time {record['wall_seconds']:.0f} s")
     print(f"report:          {report_path}")
     print(f"decision record: {work / 'decision.json'}")

@@ -141,7 +141,7 @@ def latency_from_prometheus(api: PrometheusHTTP, start: float, end: float) -> di
     for q in QUANTILES:
         expr = (f"histogram_quantile({q}, sum by (arm, model_version, le) "
                 f"(increase(kingmaker_router_upstream_duration_seconds_bucket[{window}])))")
-        for series in api.http.get("/api/v1/query", params={"query": expr, "time": end}).json()["data"]["result"]:
+        for series in api.query(expr, at=end):
             key = f"{series['metric'].get('arm', '?')} v{series['metric'].get('model_version', '?')}"
             value = float(series["value"][1])
             if math.isfinite(value):

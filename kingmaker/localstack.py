@@ -117,8 +117,9 @@ class PrometheusHTTP:
             raise PermanentError(f"{path} {params}: {body.get('errorType')}: {body.get('error')}")
         return body["data"]
 
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        return list(self._get("/api/v1/query", query=expr)["result"])
+    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+        params = {"query": expr} if at is None else {"query": expr, "time": at}
+        return list(self._get("/api/v1/query", **params)["result"])
 
     def query_range(self, expr: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
         return list(self._get("/api/v1/query_range", query=expr, start=start, end=end, step=step)["result"])

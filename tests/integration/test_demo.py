@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from kingmaker import demo_report
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
@@ -91,7 +92,8 @@ def test_the_fast_demo_writes_a_report_and_a_decision_record(demo: Demo) -> None
     report = (demo.home / "demo" / "report.html").read_text()
     assert f"{record['status']['lastEvaluation']['reason']}" in report
     assert "What happened" in report and "The policy, fixed before measuring" in report
-    assert report.count('src="data:image/png;base64,') >= 4  # requests, PR curves, drift, evidence or none
+    tested = bool(demo_report.evidence_series(record["trace"])[0])  # a look with a test statistic: its plot
+    assert report.count('src="data:image/png;base64,') == 3 + tested  # requests per arm, PR curves, drift
     assert not re.search(r"(src|href)=\"(?!data:)", report), "the report must not load anything"
     held = last["outcome"] != "PROMOTE"
     assert ("HELD" in report or "ROLLED BACK" in report) if held else "PROMOTED" in report
@@ -145,12 +147,12 @@ def test_every_readme_command_runs_against_the_demo_stack(demo: Demo) -> None:
     port = demo.router.rsplit(":", 1)[1]
     failures: list[str] = []
     for command in commands:
-        # the README's port is 3000; this test's demo serves on a free port (others may hold 3000)
+        # the README's port is 3000; this test's demo serves on a free port (others may hold 3000). Every curl of
+        # the line fails on a non-2xx answer, and so does every command of a list or pipeline.
         line = command.replace("localhost:3000", f"127.0.0.1:{port}")
-        if line.startswith("curl "):  # fail on a non-2xx answer, show it
-            line = "curl --fail-with-body " + line.removeprefix("curl ")
-        proc = subprocess.run(["bash", "-o", "pipefail", "-c", line], cwd=demo.cwd, capture_output=True, text=True,
-                              timeout=300, env=demo.env)
+        script = f'set -e -o pipefail\ncurl() {{ command curl --fail-with-body "$@"; }}\n{line}\n'
+        proc = subprocess.run(["bash", "-c", script], cwd=demo.cwd, capture_output=True, text=True, timeout=300,
+                              env=demo.env)
         if proc.returncode != 0:
             failures.append(f"{shlex.quote(command)} -> exit {proc.returncode}: {(proc.stdout + proc.stderr)[-500:]}")
     assert failures == [], "\n".join(failures)
