@@ -329,7 +329,7 @@ async def _drive(replay: Replay, watch: Watch, controller: tuple[subprocess.Pope
     """Runs the replay while watching the controller (which must stay up); returns why it ended."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(replay.queue) * args.batch_rows, unit="req", desc="replay", smoothing=0.1)
+    bar = tqdm(total=sum(len(b) for b in replay.queue), unit="req", desc="replay", smoothing=0.1)
 
     def progress(counts: Any) -> None:
         bar.n = counts.sent

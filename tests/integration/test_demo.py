@@ -21,7 +21,8 @@ import pytest
 from kingmaker import demo_report
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.integration
+# the module fixture trains both models and runs the whole loop: minutes on 2 busy cores, over the default 900 s
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 #: README sections whose fenced ``bash`` blocks must run as written against the demo's stack.
 README_MARK = re.compile(r"<!-- runs-against-demo -->(.*?)<!-- /runs-against-demo -->", re.S)

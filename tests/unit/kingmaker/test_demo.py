@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 import re
 from datetime import UTC, datetime, timedelta
@@ -75,7 +76,7 @@ def _record(decision: dict[str, Any] | None, last: dict[str, Any]) -> dict[str, 
         "ended": "the data ran out", "mode": "shadow", "weight": 0.1, "champion_version": "1",
         "challenger_version": "2", "candidates": {"1": "logreg", "2": "xgboost"}, "decision": decision,
         "status": {"lastEvaluation": last}, "trace": [_look(100, 0.5), last], "events": [], "missing": [],
-        "policy": demo.policy_document(type("A", (), {"mode": "shadow", "weight": 0.1})(), 30, 10),
+        "policy": demo.policy_document(argparse.Namespace(mode="shadow", weight=0.1), 30, 10),
         "policy_why": demo.POLICY_WHY, "guardrails_why": demo.GUARDRAILS_WHY,
         "requests": {"sent": 20, "ok": 20, "failed": 0, "errors": {}, "labels_sent": 20, "label_failures": 0},
         "times": {"began": 0.0, "trained": 1.0, "replay_began": 2.0, "replay_ended": 3.0},
