@@ -125,7 +125,8 @@ def what_happened(record: Mapping[str, Any], qualities: Sequence[ArmQuality], ca
     by_version = {q.version: q for q in qualities}
     if champion in by_version and challenger in by_version:
         a, b = by_version[champion], by_version[challenger]
-        better = "lower" if b.cost_matched < a.cost_matched else "higher"
+        better = ("the same" if abs(b.cost_matched - a.cost_matched) < 0.05
+                  else "lower" if b.cost_matched < a.cost_matched else "higher")
         parts.append(f"On all replayed labels at the matched alert rate the challenger's cost was {better}: "
                      f"{b.cost_matched:.1f} vs {a.cost_matched:.1f} per 1,000 transactions (at the thresholds they "
                      f"served with: {b.cost_own:.1f} vs {a.cost_own:.1f}).")
@@ -192,7 +193,7 @@ def requests_plot(pred: pd.DataFrame, start: float, decided: float | None, label
         ax.axvline(decided - start, color="crimson", linewidth=2, label=label)
     ax.set_xlabel("seconds since the replay began")
     ax.set_ylabel("requests / s")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower left")
     return _png(fig)
 
 
@@ -312,8 +313,9 @@ def render(record: Mapping[str, Any], predictions_url: str, labels_url: str) -> 
            _table(["policy field", "value"], [(k, json.dumps(v)) for k, v in policy.items()]),
            "<h2>Requests per arm over time</h2>",
            requests_plot(pred, start, decided_at, verdict.lower()),
-           '<p class="note">Served answers per arm (solid) and shadow calls (dashed); the red line marks the '
-           "controller's decision. Traffic flows through it.</p>",
+           '<p class="note">Served answers per arm (solid) and shadow calls (dashed)'
+           + ("; the red line marks the controller's decision, and traffic flows on through it.</p>" if decided_at
+              else "; the controller did not decide to promote or roll back.</p>"),
            "<h2>Each arm on the replayed labels</h2>", pr_plot(qualities, names),
            _table(["model version", "labelled rows", "frauds", "PR-AUC (AP)", "alert rate at its threshold",
                    "recall at its threshold", "cost/1k at its threshold", f"recall at {alert_rate:.1%} alerts",
