@@ -206,12 +206,13 @@ def archive_runtime_state(home: Path) -> Path | None:
 
 
 @contextlib.contextmanager
-def serving(home: Path, args: argparse.Namespace, log: Path) -> Iterator[dict[str, str]]:
+def serving(args: argparse.Namespace, log: Path) -> Iterator[dict[str, str]]:
     """`kingmaker serve` in the foreground as a user runs it; yields the URLs it printed. Stopped with Ctrl-C (the
     Router first, so it flushes its prediction log)."""
     cmd = [_exe(), "serve", "--mode", args.mode, "--weight", str(args.weight), "--port", str(args.port)]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        drain: _Drain | None = None
         try:
             assert proc.stdout is not None
             text = ""
@@ -233,7 +234,7 @@ def serving(home: Path, args: argparse.Namespace, log: Path) -> Iterator[dict[st
                     proc.wait(timeout=180)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-            with contextlib.suppress(NameError):
+            if drain is not None:
                 drain.join(timeout=5)
 
 
@@ -416,7 +417,7 @@ def run(args: argparse.Namespace) -> int:
         except localstack.MissingTool as exc:
             missing.append(f"{exc}: the drift gauges are not pushed (the controller still reads drift.json)")
         print("\n== starting the stack: kingmaker serve (Router + both Scorers) ==", flush=True)
-        urls = stack.enter_context(serving(home, args, work / "logs" / "serve.log"))
+        urls = stack.enter_context(serving(args, work / "logs" / "serve.log"))
         router = urls["router"]
         token = (home / "serving" / "feedback-token").read_text().split()[0]
         controller_port = localstack.free_port()
