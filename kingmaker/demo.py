@@ -433,8 +433,9 @@ def run(args: argparse.Namespace) -> int:
                            "controller can only HOLD; no latency percentiles in the report")
         for line in missing:
             print(f"warning: {line}", file=sys.stderr, flush=True)
+        # guardrail rates over 5 minutes: the whole replay, and still readable at the final looks after it
         controller_cmd = [_exe(), "promote", "--policy", str(policy_path), "--interval", str(LOOK_EVERY_S),
-                          "--guardrail-window", "2m", "--metrics-port", str(controller_port)]
+                          "--guardrail-window", "5m", "--metrics-port", str(controller_port)]
         if prometheus:
             controller_cmd += ["--prometheus-url", prometheus]
         controller = stack.enter_context(localstack.running(controller_cmd, work / "logs" / "controller.log",
