@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from kingmaker.errors import PermanentError, TemporaryError
+from kingmaker.localstack import free_port as free_port  # re-exported: serve, the benchmark and tests use it
 
 ROOT = Path(__file__).resolve().parents[1]
 SCORER = "bentos.scorer:Scorer"
@@ -45,12 +45,6 @@ def process_home(base: str | None, name: str, port: int) -> Path:
     """
     root = Path(base) if base else Path.home() / "bentoml"
     return root / "processes" / f"{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}-{port}"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

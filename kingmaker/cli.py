@@ -20,7 +20,7 @@ from kingmaker.settings import MlflowSettings, environment_help
 
 #: name -> (module, one-line summary). Benchmarks are ``kingmaker bench <name>``.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("kingmaker.demo", "the whole product on this machine: train and register champion and challenger"),
+    "demo": ("kingmaker.demo", "the whole loop on this machine and the real data: train, serve, replay, decide, report"),
     "train": ("training.cli", "train candidates on a data set and register the chosen one in MLflow"),
     "retrain": ("training.retrain_cli", "train a challenger on the served, labelled traffic; register it only if "
                 "it passes the gate against the champion"),

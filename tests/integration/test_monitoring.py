@@ -36,6 +36,7 @@ import pytest
 import yaml
 
 from bentos.procs import free_port
+from kingmaker.localstack import ServingTargets
 from kingmaker.settings import MlflowSettings
 from monitoring import boards, generate, ruleset
 from tests.conftest import kingmaker
@@ -85,33 +86,6 @@ class Traffic(threading.Thread):
                     pending = []
                 i += 1
                 self.stop.wait(0.06)
-
-
-class Targets(threading.Thread):
-    """Keeps Prometheus's file_sd list on the Router and the arms it routes to now (re-pointed arms get new
-    ports: `kingmaker serve` writes them into router.yaml), with the resource's labels: what the chart's
-    ServiceMonitor relabelling gives in a cluster."""
-
-    def __init__(self, router: str, config: Path, path: Path):
-        super().__init__(daemon=True)
-        self.router, self.config, self.path = router, config, path
-        self.stop = threading.Event()
-        self.write()
-
-    def write(self) -> None:
-        doc = yaml.safe_load(self.config.read_text())
-        arms = [doc.get(key) for key in ("champion_url", "challenger_url")]
-        hosts = [u.removeprefix("http://") for u in (self.router, *(a for a in arms if a))]
-        text = json.dumps([{"targets": sorted(hosts), "labels": RESOURCE}])
-        if not self.path.exists() or self.path.read_text() != text:
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(text)
-            tmp.replace(self.path)
-
-    def run(self) -> None:
-        while not self.stop.wait(1.0):
-            with contextlib.suppress(OSError, yaml.YAMLError):  # read while being replaced
-                self.write()
 
 
 def edit_router_config(path: Path, **changes: Any) -> None:
@@ -167,7 +141,7 @@ def test_every_panel_of_every_dashboard_shows_data(trained_home: Path, tmp_path:
         token = (home / "serving" / "feedback-token").read_text().split()[0]
         router_config = home / "serving" / "router.yaml"
 
-        targets = Targets(router, router_config, tmp_path / "targets.json")
+        targets = ServingTargets(router, router_config, tmp_path / "targets.json", RESOURCE)
         targets.start()
         stack.callback(targets.stop.set)
         controller_port = free_port()
