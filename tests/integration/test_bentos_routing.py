@@ -1,5 +1,5 @@
 """Real processes: 10,000 routed requests land on the arms the routing function says, within +-1 pp of
-the weight, and each is in the prediction log exactly once; shadow mode logs both arms."""
+the weight, and each is in the prediction log exactly once; shadow mode and paired split log both arms."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def test_split_routing_counts_and_log(serving_home: Path, tmp_path: Path) -> Non
     bodies = transactions(10_000, seed=11)
     for i, b in enumerate(bodies):  # one entity per request: the split is measured over 10,000 keys
         b["ids"] = {"customer_id": f"cust-{i:05d}"}
-    with serving_stack(serving_home, tmp_path, {"challenger_weight": WEIGHT}) as stack:
+    with serving_stack(serving_home, tmp_path, {"challenger_weight": WEIGHT, "pairing": "off"}) as stack:
         outcomes = asyncio.run(fire(f"{stack.router.url}/predict", bodies, concurrency=16))
         assert stack.challenger is not None
         versions = {arm: httpx.post(f"{s.url}/info", json={}).json()["model_version"]
@@ -46,7 +46,7 @@ def test_split_routing_counts_and_log(serving_home: Path, tmp_path: Path) -> Non
     assert abs(share - WEIGHT) <= 0.01, f"observed challenger share {share:.4f} for weight {WEIGHT}"
 
     log = logs.read_predictions(stack.predictions_url)
-    assert len(log) == 10_000 and log["request_id"].is_unique  # exactly once per (split) scoring arm
+    assert len(log) == 10_000 and log["request_id"].is_unique  # exactly once: split without pairing
     answered = {o.body["request_id"]: o.answer for o in outcomes if o.answer is not None}
     assert set(log["request_id"]) == set(answered)
     merged = log.set_index("request_id")
@@ -77,3 +77,30 @@ def test_shadow_mode_champion_answers_and_both_arms_are_logged(serving_home: Pat
         assert set(part["request_id"]) == ids and part["request_id"].is_unique, (arm, upstream)
         assert set(part["served"]) == {served}
     assert len(log) == 2 * len(bodies)
+
+
+def test_paired_split_logs_both_arms_for_every_answered_request(serving_home: Path, tmp_path: Path) -> None:
+    """Split 90/10 with pairing (the default): each answer comes from its routed arm, and the log holds both arms'
+    scores of every answered request under its id, the answering arm's marked served."""
+    bodies = transactions(600, seed=13)
+    for i, b in enumerate(bodies):
+        b["ids"] = {"customer_id": f"cust-{i:04d}"}
+    # room for every pairing call (the challenger is a ~6 ms/row forest): none is skipped or times out
+    config = {"challenger_weight": WEIGHT, "shadow_timeout_ms": 30_000, "shadow_max_in_flight": 10_000}
+    with serving_stack(serving_home, tmp_path, config) as stack:
+        outcomes = asyncio.run(fire(f"{stack.router.url}/predict", bodies, concurrency=8))
+        routing = httpx.post(f"{stack.router.url}/routing", json={}).json()
+        stack.router.stop()
+    assert routing["config"]["pairing"] == "all"
+    answered = {o.body["request_id"]: o.answer["arm"] for o in outcomes if o.status == 200 and o.answer}
+    assert len(answered) == len(bodies)
+    assert all(arm == choose_arm(f"cust-{i:04d}", WEIGHT, "it").value for i, arm in enumerate(answered.values()))
+    assert 0 < sum(a == "challenger" for a in answered.values()) < len(bodies) / 4  # exposure stays at the weight
+    log = logs.read_predictions(stack.predictions_url)
+    assert len(log) == 2 * len(bodies) and set(log["mode"]) == {"split"}
+    for arm in ("champion", "challenger"):
+        part = log[log["arm"] == arm].set_index("request_id")
+        assert set(part.index) == set(answered) and part.index.is_unique, arm
+        assert all(bool(part.loc[rid, "served"]) == (answered[rid] == arm) for rid in answered), arm
+    scores = log.pivot(index="request_id", columns="arm", values="score")
+    assert (scores["champion"] != scores["challenger"]).mean() > 0.9  # two different models scored each row
