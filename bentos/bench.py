@@ -2,10 +2,9 @@
 
 One run, on this machine: a 300-tree XGBoost model is trained (``kingmaker train`` on the real data when
 it is installed, else synthetic data of the same width), registered as champion and challenger, and
-served by the two Scorers, the Router (split 90/10, prediction log on; with pairing off, then with pairing all,
-in the same run) and ``mlflow models serve --env-manager local``. wrk sends single-row JSON at 1, 8 and 32
-connections to each in turn; then
-10,000-row batches go to a Scorer (Arrow IPC and JSON) and are compared with in-process XGBoost.
+served by the two Scorers, the Router (split 90/10, prediction log on; pairing off and all, alternating) and
+``mlflow models serve --env-manager local``. wrk sends single-row JSON at 1, 8 and 32 connections to each in
+turn; then 10,000-row batches go to a Scorer (Arrow IPC and JSON) and are compared with in-process XGBoost.
 Results: a printed table and ``bench-results/serving.json``.
 """
 
@@ -382,13 +381,32 @@ def run(args: argparse.Namespace) -> int:
     load_before = os.getloadavg()
     one_body = json.dumps({"features": one})
 
+    def run_wrk(name: str, url: str, body: str, c: int) -> None:
+        single.setdefault(name, {})[c] = r = _wrk(url, body, c, args.duration, work)
+        print(f"  {name:<15} c={c:<3} {r['rps']:>8.1f} req/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms"
+              f"  errors {r['errors']}", flush=True)
+
     def measure(name: str, url: str, body: str) -> None:
         _wrk(url, body, 8, 2, work)  # warm-up, not recorded
-        single[name] = {}
         for c in conns:
-            single[name][c] = r = _wrk(url, body, c, args.duration, work)
-            print(f"  {name:<15} c={c:<3} {r['rps']:>8.1f} req/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms"
-                  f"  errors {r['errors']}", flush=True)
+            run_wrk(name, url, body, c)
+
+    def measure_pairing() -> dict[str, float]:
+        """The Router with pairing off and all, alternating at each connection count (so a change of the
+        machine's load hits both alike); the pairing outcomes counted during the paired runs."""
+        _wrk(f"{router.url}/predict", one_body, 8, 2, work)  # warm-up, not recorded
+        counted: dict[str, float] = {}
+        for c in conns:
+            for name, pairing in (("router_unpaired", "off"), ("router", "all")):
+                config.write_text(f"mode: split\nchallenger_weight: 0.1\npairing: {pairing!r}\n")
+                _wait_pairing(router.url, pairing, one_body)
+                before = _pair_counts(router.url)
+                run_wrk(name, f"{router.url}/predict", one_body, c)
+                if pairing == "all":
+                    time.sleep(1.0)  # the last pairing calls finish
+                    for k, v in _pair_counts(router.url).items():
+                        counted[k] = counted.get(k, 0.0) + v - before.get(k, 0.0)
+        return counted
 
     passive = {"OMP_WAIT_POLICY": "PASSIVE"}
     try:
@@ -396,15 +414,7 @@ def run(args: argparse.Namespace) -> int:
             s.start()
         for s in services:
             s.wait_ready()
-        config.write_text("mode: split\nchallenger_weight: 0.1\npairing: \"off\"\n")
-        _wait_pairing(router.url, "off", one_body)
-        measure("router_unpaired", f"{router.url}/predict", one_body)
-        config.write_text("mode: split\nchallenger_weight: 0.1\npairing: all\n")
-        _wait_pairing(router.url, "all", one_body)
-        before = _pair_counts(router.url)
-        measure("router", f"{router.url}/predict", one_body)
-        time.sleep(1.0)  # the last pairing calls finish
-        pairs = {k: v - before.get(k, 0.0) for k, v in _pair_counts(router.url).items()}
+        pairs = measure_pairing()
         measure("scorer", f"{champion.url}/score", one_body)
         for name, extra in (("minimal", {}), ("minimal_passive", passive)):
             minimal = _minimal_serve(model, procs.free_port(), work, logs / f"{name}.log", extra)

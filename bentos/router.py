@@ -12,7 +12,8 @@ token), ``POST /routing`` (current configuration and arms), ``GET /livez``, ``/r
 
 Faults: in split mode a challenger error, timeout or open circuit gives the client the champion's
 answer (counted as a fallback); in shadow mode the challenger is called after the answer is sent and
-its failures never touch the response; when the champion cannot answer the client gets a 503 with
+its failures never touch the response (nor, in split mode, do those of pairing calls, which also never open an
+arm's circuit); when the champion cannot answer the client gets a 503 with
 ``Retry-After`` — or, in split mode with ``champion_fallback: challenger``, the challenger's answer
 (counted). Every answered row is in the prediction log's local segment before the answer is sent; if it
 cannot be written the client gets a 503 instead. Requests are validated against the champion's
@@ -91,7 +92,7 @@ class RoutingEngine:
     go to the champion if it fails (and, with ``champion_fallback: challenger``, the champion's rows to the
     challenger if the champion fails), every answered row is in the prediction log's segment before the
     answer is returned, and in shadow mode the challenger scores the same rows off the response path
-    (`score_off_path`). Refusals are raised: `InvalidRequest`, `ArmRejected` (the champion refused the
+    (`score_off_path`); in split mode with ``pairing`` the arm that did not answer a row does (`_pair`). Refusals are raised: `InvalidRequest`, `ArmRejected` (the champion refused the
     input), `Unavailable` (not ready, the champion cannot answer, the answer could not be logged).
     """
 

@@ -230,7 +230,7 @@ def against_champion(champion: models.FraudModel | None, te: Dataset, alert: np.
     if set(champion.features) - set(te.x.columns):
         log.warning("the champion (version %s) reads features this data lacks: no comparison", champion.ref.version)
         return {}
-    champion_alert = champion.decide(champion.predict_proba(te.x[champion.features]))
+    champion_alert = champion.decide(champion.predict_proba(te.x[list(champion.features)]))
     diff = operating.paired_cost_difference(te.y, alert, champion_alert, cfg.objective, amounts,
                                             n_boot=max(cfg.n_bootstrap, 1000), seed=cfg.seed)
     out = {"vs_champion_cost_diff_per_1k": diff["diff_per_1k"], "champion_expected_cost_per_1k": diff["baseline_per_1k"],

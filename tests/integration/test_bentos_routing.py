@@ -85,8 +85,10 @@ def test_paired_split_logs_both_arms_for_every_answered_request(serving_home: Pa
     bodies = transactions(600, seed=13)
     for i, b in enumerate(bodies):
         b["ids"] = {"customer_id": f"cust-{i:04d}"}
-    # room for every pairing call (the challenger is a ~6 ms/row forest): none is skipped or times out
-    config = {"challenger_weight": WEIGHT, "shadow_timeout_ms": 30_000, "shadow_max_in_flight": 10_000}
+    # room for every call (the challenger is a ~6 ms/row forest): no pairing call is skipped or times out, and no
+    # challenger-routed request falls back to the champion on a loaded machine
+    config = {"challenger_weight": WEIGHT, "challenger_timeout_ms": 30_000, "shadow_timeout_ms": 30_000,
+              "shadow_max_in_flight": 10_000}
     with serving_stack(serving_home, tmp_path, config) as stack:
         outcomes = asyncio.run(fire(f"{stack.router.url}/predict", bodies, concurrency=8))
         routing = httpx.post(f"{stack.router.url}/routing", json={}).json()
