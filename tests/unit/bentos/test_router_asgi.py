@@ -29,7 +29,8 @@ def predictions(url: str) -> pd.DataFrame:
 async def test_split_follows_the_routing_function_and_logs_each_request_once(
         scorer_env: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     async with both_arms(monkeypatch) as apps, router(monkeypatch, tmp_path, apps,
-                                                       {"challenger_weight": 0.3, "pairing": "off"}) as h:
+                                                       {"challenger_weight": 0.3, "pairing": "off",
+                                                        "challenger_timeout_ms": 5000}) as h:
         answers = {}
         for i in range(60):
             customer = f"c{i % 40}"  # some customers come back: they must land on the same arm
@@ -190,7 +191,8 @@ async def test_shadow_failures_never_touch_the_response(
 async def test_split_with_pairing_logs_both_arms_for_every_answered_request(
         scorer_env: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Pairing (the default): the answer is the routed arm's; the other arm's score is logged under the same id."""
-    async with both_arms(monkeypatch) as apps, router(monkeypatch, tmp_path, apps, {"challenger_weight": 0.3}) as h:
+    config = {"challenger_weight": 0.3, "challenger_timeout_ms": 5000}  # no fallback on a loaded machine
+    async with both_arms(monkeypatch) as apps, router(monkeypatch, tmp_path, apps, config) as h:
         served = {}
         for i in range(30):
             r = await h.client.post("/predict", json={"features": row(i), "request_id": f"p{i}",
