@@ -289,7 +289,7 @@ def _wait_pairing(router_url: str, wanted: str, body: str, timeout: float = 10.0
         time.sleep(0.3)
 
 
-def _pair_counts(router_url: str) -> dict[str, float]:
+def pair_counts(router_url: str) -> dict[str, float]:
     """The Router's ``kingmaker_router_pairs_total`` by outcome, summed over arms."""
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
@@ -400,11 +400,11 @@ def run(args: argparse.Namespace) -> int:
             for name, pairing in (("router_unpaired", "off"), ("router", "all")):
                 config.write_text(f"mode: split\nchallenger_weight: 0.1\npairing: {pairing!r}\n")
                 _wait_pairing(router.url, pairing, one_body)
-                before = _pair_counts(router.url)
+                before = pair_counts(router.url)
                 run_wrk(name, f"{router.url}/predict", one_body, c)
                 if pairing == "all":
                     time.sleep(1.0)  # the last pairing calls finish
-                    for k, v in _pair_counts(router.url).items():
+                    for k, v in pair_counts(router.url).items():
                         counted[k] = counted.get(k, 0.0) + v - before.get(k, 0.0)
         return counted
 

@@ -29,8 +29,7 @@ def predictions(url: str) -> pd.DataFrame:
 async def test_split_follows_the_routing_function_and_logs_each_request_once(
         scorer_env: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     async with both_arms(monkeypatch) as apps, router(monkeypatch, tmp_path, apps,
-                                                       {"challenger_weight": 0.3, "pairing": "off",
-                                                        "challenger_timeout_ms": 5000}) as h:
+                                                       {"challenger_weight": 0.3, "challenger_timeout_ms": 5000}) as h:
         answers = {}
         for i in range(60):
             customer = f"c{i % 40}"  # some customers come back: they must land on the same arm
@@ -190,8 +189,8 @@ async def test_shadow_failures_never_touch_the_response(
 
 async def test_split_with_pairing_logs_both_arms_for_every_answered_request(
         scorer_env: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Pairing (the default): the answer is the routed arm's; the other arm's score is logged under the same id."""
-    config = {"challenger_weight": 0.3, "challenger_timeout_ms": 5000}  # no fallback on a loaded machine
+    """Pairing: the answer is the routed arm's; the other arm's score is logged under the same id."""
+    config = {"challenger_weight": 0.3, "pairing": "all", "challenger_timeout_ms": 5000}  # no fallback under load
     async with both_arms(monkeypatch) as apps, router(monkeypatch, tmp_path, apps, config) as h:
         served = {}
         for i in range(30):
@@ -235,7 +234,7 @@ async def test_pairing_samples_by_request_id_and_stops_at_weight_zero(
     assert 5 < len(paired) < 35  # a sample, neither none nor all
     apps = {"http://champion": stub_arm("champion", "1"), "http://challenger": stub_arm("challenger", "2")}
     (tmp_path / "zero").mkdir()
-    async with router(monkeypatch, tmp_path / "zero", apps, {"challenger_weight": 0.0}) as h:
+    async with router(monkeypatch, tmp_path / "zero", apps, {"challenger_weight": 0.0, "pairing": "all"}) as h:
         for i in range(5):
             await h.client.post("/predict", json={"features": row(i), "request_id": f"z{i}"})
     assert apps["http://challenger"].state.calls == 0  # weight 0 (e.g. after a rollback): no experiment, no pairs
@@ -246,7 +245,7 @@ async def test_pairing_failures_never_touch_the_answer_nor_open_the_served_arms_
     """All traffic on the challenger; the champion fails every paired call. Clients see the challenger's answers,
     and the champion's circuit stays closed: it would answer the champion-routed rows (and the fallbacks)."""
     apps = {"http://champion": stub_arm("champion", "1", status=500), "http://challenger": stub_arm("challenger", "2")}
-    async with router(monkeypatch, tmp_path, apps, {"challenger_weight": 1.0}) as h:
+    async with router(monkeypatch, tmp_path, apps, {"challenger_weight": 1.0, "pairing": "all"}) as h:
         for i in range(12):
             r = await h.client.post("/predict", json={"features": row(i), "request_id": f"e{i}"})
             assert r.status_code == 200 and r.json()["arm"] == "challenger" and r.json()["fallback"] is False
@@ -263,7 +262,7 @@ async def test_pairing_failures_never_touch_the_answer_nor_open_the_served_arms_
 async def test_pairing_is_skipped_beyond_the_in_flight_limit(
         scorer_env: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     apps = {"http://champion": stub_arm("champion", "1", delay_s=0.3), "http://challenger": stub_arm("challenger", "2")}
-    async with router(monkeypatch, tmp_path, apps, {"challenger_weight": 1.0, "shadow_max_in_flight": 2}) as h:
+    async with router(monkeypatch, tmp_path, apps, {"challenger_weight": 1.0, "pairing": "all", "shadow_max_in_flight": 2}) as h:
         for i in range(6):
             assert (await h.client.post("/predict", json={"features": row(i), "request_id": f"k{i}"})).status_code == 200
         metrics = (await h.client.get("/metrics")).text
@@ -307,9 +306,7 @@ async def test_batch_routes_each_row(scorer_env: Registry, monkeypatch: pytest.M
         bad = await h.client.post("/predict_batch", json={"rows": [rows[0], {"features": {**row(1), "f01": "x"}}]})
         assert bad.status_code == 400 and bad.json()["detail"][0]["loc"] == ["rows", 1, "features", "f01"]
     log = predictions(h.predictions_url)
-    served = log[log["served"]]
-    assert len(served) == 41 and served["request_id"].is_unique
-    assert len(log) == 82 and set(log[~log["served"]]["request_id"]) == set(served["request_id"])  # each paired
+    assert len(log) == 41 and log["request_id"].is_unique
 
 
 async def test_batch_challenger_failure_falls_back_for_its_rows(
@@ -399,7 +396,6 @@ async def test_router_metrics_count_per_arm(scorer_env: Registry, monkeypatch: p
     async with router(monkeypatch, tmp_path, apps, {"challenger_weight": 0.5}) as h:
         arms = [(await h.client.post("/predict", json={"features": row(i), "request_id": f"m{i}"})).json()["arm"]
                 for i in range(40)]
-        await asyncio.sleep(0.2)  # the last pairing calls finish off the response path
         metrics = (await h.client.get("/metrics")).text
     n = arms.count("challenger")
     assert f'kingmaker_router_requests_total{{arm="challenger",code="200",mode="split",model_version="2"}} {float(n)}' in metrics
@@ -407,7 +403,7 @@ async def test_router_metrics_count_per_arm(scorer_env: Registry, monkeypatch: p
     assert "kingmaker_router_request_duration_seconds_bucket" in metrics
     # calls to an arm carry the version it serves: the controller's guardrails read the version under test
     upstream = 'kingmaker_router_upstream_requests_total{arm="challenger",model_version="2",outcome="ok"}'
-    assert f"{upstream} 40.0" in metrics  # n answered + (40 - n) paired: every call is counted
+    assert f"{upstream} {float(n)}" in metrics
     assert 'kingmaker_router_upstream_duration_seconds_count{arm="champion",model_version="1"}' in metrics
 
 
