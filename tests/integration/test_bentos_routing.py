@@ -20,7 +20,6 @@ pytestmark = pytest.mark.integration
 WEIGHT = 0.1
 
 
-
 def test_split_routing_counts_and_log(serving_home: Path, tmp_path: Path) -> None:
     bodies = transactions(10_000, seed=11)
     for i, b in enumerate(bodies):  # one entity per request: the split is measured over 10,000 keys
