@@ -261,8 +261,10 @@ async def test_pairing_failures_never_touch_the_answer_nor_open_the_served_arms_
 
 async def test_pairing_is_skipped_beyond_the_in_flight_limit(
         scorer_env: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    apps = {"http://champion": stub_arm("champion", "1", delay_s=0.3), "http://challenger": stub_arm("challenger", "2")}
-    async with router(monkeypatch, tmp_path, apps, {"challenger_weight": 1.0, "pairing": "all", "shadow_max_in_flight": 2}) as h:
+    # the champion takes 3 s: the first two pairing calls are still in flight while the other four requests arrive
+    apps = {"http://champion": stub_arm("champion", "1", delay_s=3.0), "http://challenger": stub_arm("challenger", "2")}
+    config = {"challenger_weight": 1.0, "pairing": "all", "shadow_max_in_flight": 2, "shadow_timeout_ms": 20_000}
+    async with router(monkeypatch, tmp_path, apps, config) as h:
         for i in range(6):
             assert (await h.client.post("/predict", json={"features": row(i), "request_id": f"k{i}"})).status_code == 200
         metrics = (await h.client.get("/metrics")).text
@@ -287,8 +289,8 @@ async def test_invalid_input_is_refused_before_any_arm_is_called(
 
 
 async def test_batch_routes_each_row(scorer_env: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    async with both_arms(monkeypatch) as apps, router(monkeypatch, tmp_path, apps, {"challenger_weight": 0.5},
-                                                       KINGMAKER_MAX_BATCH_ROWS="50") as h:
+    async with both_arms(monkeypatch) as apps, router(monkeypatch, tmp_path, apps, {
+            "challenger_weight": 0.5, "challenger_timeout_ms": 5000}, KINGMAKER_MAX_BATCH_ROWS="50") as h:
         rows = [{"features": row(i), "request_id": f"r{i}", "ids": {"customer_id": f"c{i}"}} for i in range(40)]
         r = await h.client.post("/predict_batch", json={"rows": rows})
         assert r.status_code == 200, r.text
