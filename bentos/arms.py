@@ -116,13 +116,16 @@ class ArmClient:
         return t
 
     async def call(self, path: str, payload: Mapping[str, Any], timeout_ms: float, *,
-                   guarded: bool = True) -> dict[str, Any]:
+                   guarded: bool = True, breaker: bool = True) -> dict[str, Any]:
         """POST ``payload`` to the arm; the parsed JSON answer, or `ArmFailure` / `ArmRejected`.
 
-        ``guarded`` calls (traffic) go through the circuit breaker and are counted; discovery calls are not.
+        ``guarded`` calls (traffic) are counted and, with ``breaker``, go through the circuit breaker; discovery
+        calls are neither. Pairing calls pass ``breaker=False``: an arm's failure to score a row it did not answer
+        must not open the circuit that guards the rows it does answer.
         """
         now = time.monotonic()
-        if guarded and not self.breaker.allow(now):
+        breaker = guarded and breaker
+        if breaker and not self.breaker.allow(now):
             self.count("circuit_open")
             raise ArmFailure(self.arm, "circuit_open", "too many recent failures; skipping it for a while")
         deadline = now + timeout_ms / 1000.0
@@ -140,51 +143,55 @@ class ArmClient:
                     raw = await resp.read()
                 break
             except TimeoutError:
-                raise self._failure(guarded, "timeout", f"no answer within {timeout_ms:.0f} ms") from None
+                raise self._failure(guarded, breaker, "timeout", f"no answer within {timeout_ms:.0f} ms") from None
             except aiohttp.ClientError as exc:
                 # A pooled connection closed under us, or the arm is down. Scoring is pure, so one
                 # retry is safe; a dead arm fails fast again (connection refused).
                 if attempt == 1 and time.monotonic() < deadline:
                     continue
-                raise self._failure(guarded, "connect_error", f"{type(exc).__name__}: {exc}") from None
+                raise self._failure(guarded, breaker, "connect_error", f"{type(exc).__name__}: {exc}") from None
         if guarded:
             self._children()[1].observe(time.perf_counter() - started)
         if status in (401, 403):  # the arm refuses the Router's own token: a configuration fault, not the client's
-            raise self._failure(guarded, "auth_error", f"HTTP {status}: the arm refuses the Router's token "
+            raise self._failure(guarded, breaker, "auth_error", f"HTTP {status}: the arm refuses the Router's token "
                                 "(KINGMAKER_ARM_TOKEN or _FILE must be one the Scorer accepts)")
         if status >= 500 or status in (404, 405):
-            raise self._failure(guarded, "http_error", f"HTTP {status}: {raw[:200]!r}")
+            raise self._failure(guarded, breaker, "http_error", f"HTTP {status}: {raw[:200]!r}")
         try:
             body = json.loads(raw)
         except ValueError:
-            raise self._failure(guarded, "bad_response", f"HTTP {status} with a non-JSON body") from None
+            raise self._failure(guarded, breaker, "bad_response", f"HTTP {status} with a non-JSON body") from None
         if status >= 400:
-            if guarded:
+            if breaker:
                 self.breaker.record_success()  # the arm is healthy; it just refused this input
+            if guarded:
                 self.count("rejected")
             raise ArmRejected(self.arm, status, body if isinstance(body, dict) else {"error": body})
         if not isinstance(body, dict):
-            raise self._failure(guarded, "bad_response", "JSON answer is not an object")
-        if guarded:
+            raise self._failure(guarded, breaker, "bad_response", "JSON answer is not an object")
+        if breaker:
             self.breaker.record_success()
+        if guarded:
             self.count("ok")
         return body
 
-    def _failure(self, guarded: bool, reason: str, detail: str) -> ArmFailure:
-        if guarded:
+    def _failure(self, guarded: bool, breaker: bool, reason: str, detail: str) -> ArmFailure:
+        if breaker:
             self.breaker.record_failure(time.monotonic())
+        if guarded:
             self.count(reason)
         return ArmFailure(self.arm, reason, detail)
 
     async def score(self, features: Sequence[Mapping[str, Any]], request_ids: Sequence[str], timeout_ms: float, *,
-                    single: bool) -> list[ArmAnswer]:
+                    single: bool, breaker: bool = True) -> list[ArmAnswer]:
         """Score rows: one request on ``/score`` when ``single``, else all on ``/score_batch`` (whose
         timeout grows with the batch: ``timeout_ms`` per 100 rows)."""
         if single:
-            a = await self.call("/score", {"features": features[0], "request_id": request_ids[0]}, timeout_ms)
+            a = await self.call("/score", {"features": features[0], "request_id": request_ids[0]}, timeout_ms,
+                                breaker=breaker)
             return [ArmAnswer(a["model_name"], str(a["model_version"]), a["score"], a["decision"], a["threshold"])]
         a = await self.call("/score_batch", {"rows": features, "request_ids": request_ids},
-                            timeout_ms * max(1.0, len(request_ids) / 100.0))
+                            timeout_ms * max(1.0, len(request_ids) / 100.0), breaker=breaker)
         name, version, threshold = a["model_name"], str(a["model_version"]), a["threshold"]
         return [ArmAnswer(name, version, s, d, threshold) for s, d in zip(a["scores"], a["decisions"], strict=True)]
 
@@ -316,12 +323,12 @@ class ArmPool:
             self._spawn(refresh())
 
     async def score(self, arm: Arm, features: Sequence[Mapping[str, Any]], request_ids: Sequence[str],
-                    timeout_ms: float, *, single: bool) -> list[ArmAnswer]:
+                    timeout_ms: float, *, single: bool, breaker: bool = True) -> list[ArmAnswer]:
         """`ArmClient.score` on ``arm``; `ArmFailure` when the arm is not configured (removed meanwhile)."""
         client = self.clients.get(arm)
         if client is None:
             raise ArmFailure(arm, "connect_error", "arm removed from the configuration")
-        answers = await client.score(features, request_ids, timeout_ms, single=single)
+        answers = await client.score(features, request_ids, timeout_ms, single=single, breaker=breaker)
         self._check_version(arm, answers[0].model_version)
         return answers
 

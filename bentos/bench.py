@@ -2,9 +2,9 @@
 
 One run, on this machine: a 300-tree XGBoost model is trained (``kingmaker train`` on the real data when
 it is installed, else synthetic data of the same width), registered as champion and challenger, and
-served by the two Scorers, the Router (split 90/10, prediction log on) and ``mlflow models serve
---env-manager local``. wrk sends single-row JSON at 1, 8 and 32 connections to each in turn; then
-10,000-row batches go to a Scorer (Arrow IPC and JSON) and are compared with in-process XGBoost.
+served by the two Scorers, the Router (split 90/10, prediction log on; pairing off and all, alternating) and
+``mlflow models serve --env-manager local``. wrk sends single-row JSON at 1, 8 and 32 connections to each in
+turn; then 10,000-row batches go to a Scorer (Arrow IPC and JSON) and are compared with in-process XGBoost.
 Results: a printed table and ``bench-results/serving.json``.
 """
 
@@ -275,6 +275,34 @@ def _batch(scorer_url: str, model: dict[str, Any], frame: Any, requests: int) ->
     return results
 
 
+def _wait_pairing(router_url: str, wanted: str, body: str, timeout: float = 10.0) -> None:
+    """Until the Router has re-read router.yaml (it looks once a second, on a request) and pairs as ``wanted``."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        httpx.post(f"{router_url}/predict", content=body, headers={"content-type": "application/json"})
+        if httpx.post(f"{router_url}/routing", json={}).json()["config"]["pairing"] == wanted:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the Router did not switch to pairing: {wanted}")
+        time.sleep(0.3)
+
+
+def pair_counts(router_url: str) -> dict[str, float]:
+    """The Router's ``kingmaker_router_pairs_total`` by outcome, summed over arms."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(httpx.get(f"{router_url}/metrics").text):
+        if family.name == "kingmaker_router_pairs":
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    out[sample.labels["outcome"]] = out.get(sample.labels["outcome"], 0.0) + sample.value
+    return out
+
+
 # --- report -------------------------------------------------------------------------------------
 def _ratios(single: dict[str, dict[int, dict[str, float]]]) -> dict[str, Any]:
     router, scorer = single.get("router", {}), single.get("scorer", {})
@@ -283,6 +311,10 @@ def _ratios(single: dict[str, dict[int, dict[str, float]]]) -> dict[str, Any]:
         runs = single.get(other, {})
         if router and runs:
             out[f"router_vs_{other}_rps"] = {c: round(router[c]["rps"] / runs[c]["rps"], 2) for c in router if c in runs}
+    unpaired = single.get("router_unpaired", {})
+    if router and unpaired:
+        out["router_paired_vs_unpaired_rps"] = {c: round(router[c]["rps"] / unpaired[c]["rps"], 2)
+                                                for c in router if c in unpaired}
     if 1 in router and 1 in scorer:
         out["router_added_p50_ms_at_1"] = round(router[1]["p50_ms"] - scorer[1]["p50_ms"], 3)
     if 8 in router:
@@ -291,7 +323,8 @@ def _ratios(single: dict[str, dict[int, dict[str, float]]]) -> dict[str, Any]:
     return out
 
 
-def _table(single: dict[str, dict[int, dict[str, float]]], batch: dict[str, Any], ratios: dict[str, Any]) -> str:
+def _table(single: dict[str, dict[int, dict[str, float]]], batch: dict[str, Any], ratios: dict[str, Any],
+           pairs: dict[str, float]) -> str:
     lines = [f"{'target':<16} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}"]
     for target, runs in single.items():
         for c, r in sorted(runs.items()):
@@ -304,6 +337,8 @@ def _table(single: dict[str, dict[int, dict[str, float]]], batch: dict[str, Any]
         lines.append(f"  Arrow vs in-process {batch['arrow_vs_in_process']:.2f}  (target >= {TARGETS['batch_vs_inprocess']})"
                      f"   JSON vs in-process {batch['json_vs_in_process']:.2f}")
     lines.append("")
+    if pairs:
+        lines.append("pairing during the paired Router runs (rows): " + ", ".join(f"{k} {v:.0f}" for k, v in pairs.items()))
     for key, value in ratios.items():
         goal = TARGETS.get(key)
         lines.append(f"  {key}: {value}" + (f"   (target {'<=' if 'ms' in key else '>='} {goal})" if goal else ""))
@@ -342,16 +377,36 @@ def run(args: argparse.Namespace) -> int:
     mlflow_proc: subprocess.Popen[bytes] | None = None
     single: dict[str, dict[int, dict[str, float]]] = {}
     batch: dict[str, Any] = {}
+    pairs: dict[str, float] = {}
     load_before = os.getloadavg()
     one_body = json.dumps({"features": one})
 
+    def run_wrk(name: str, url: str, body: str, c: int) -> None:
+        single.setdefault(name, {})[c] = r = _wrk(url, body, c, args.duration, work)
+        print(f"  {name:<15} c={c:<3} {r['rps']:>8.1f} req/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms"
+              f"  errors {r['errors']}", flush=True)
+
     def measure(name: str, url: str, body: str) -> None:
         _wrk(url, body, 8, 2, work)  # warm-up, not recorded
-        single[name] = {}
         for c in conns:
-            single[name][c] = r = _wrk(url, body, c, args.duration, work)
-            print(f"  {name:<15} c={c:<3} {r['rps']:>8.1f} req/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms"
-                  f"  errors {r['errors']}", flush=True)
+            run_wrk(name, url, body, c)
+
+    def measure_pairing() -> dict[str, float]:
+        """The Router with pairing off and all, alternating at each connection count (so a change of the
+        machine's load hits both alike); the pairing outcomes counted during the paired runs."""
+        _wrk(f"{router.url}/predict", one_body, 8, 2, work)  # warm-up, not recorded
+        counted: dict[str, float] = {}
+        for c in conns:
+            for name, pairing in (("router_unpaired", "off"), ("router", "all")):
+                config.write_text(f"mode: split\nchallenger_weight: 0.1\npairing: {pairing!r}\n")
+                _wait_pairing(router.url, pairing, one_body)
+                before = pair_counts(router.url)
+                run_wrk(name, f"{router.url}/predict", one_body, c)
+                if pairing == "all":
+                    time.sleep(1.0)  # the last pairing calls finish
+                    for k, v in pair_counts(router.url).items():
+                        counted[k] = counted.get(k, 0.0) + v - before.get(k, 0.0)
+        return counted
 
     passive = {"OMP_WAIT_POLICY": "PASSIVE"}
     try:
@@ -359,7 +414,7 @@ def run(args: argparse.Namespace) -> int:
             s.start()
         for s in services:
             s.wait_ready()
-        measure("router", f"{router.url}/predict", one_body)
+        pairs = measure_pairing()
         measure("scorer", f"{champion.url}/score", one_body)
         for name, extra in (("minimal", {}), ("minimal_passive", passive)):
             minimal = _minimal_serve(model, procs.free_port(), work, logs / f"{name}.log", extra)
@@ -396,7 +451,9 @@ def run(args: argparse.Namespace) -> int:
         "model": {k: v for k, v in model.items() if k not in ("features", "tracking_uri")},
         "wrk": {"threads": 1, "duration_s": args.duration, "body": "one row of the data, JSON"},
         "targets_measured": {
-            "router": "Router /predict -> champion or challenger Scorer (split 90/10), validated and logged",
+            "router": "Router /predict -> champion or challenger Scorer (split 90/10), validated and logged; the "
+                      "other arm scores each answered row off the response path (pairing: all)",
+            "router_unpaired": "the same Router with pairing: off (one arm scores each request)",
             "scorer": "champion Scorer /score called directly",
             "minimal": "one-class BentoML service calling inplace_predict, no validation or logging, default env",
             "minimal_passive": "the same with OMP_WAIT_POLICY=PASSIVE (as our Scorers run)",
@@ -404,6 +461,7 @@ def run(args: argparse.Namespace) -> int:
             "mlflow_passive": "the same with OMP_WAIT_POLICY=PASSIVE"},
         "single_row": {t: {str(c): r for c, r in runs.items()} for t, runs in single.items()},
         "batch": batch,
+        "pairing_rows_during_router_runs": pairs,
         "ratios": {k: ({str(c): v for c, v in val.items()} if isinstance(val, dict) else val) for k, val in ratios.items()},
         "targets": TARGETS,
         "reference": {"minimal_bentoml_rps_at_8": MINIMAL_BENTOML_RPS_AT_8},
@@ -411,6 +469,6 @@ def run(args: argparse.Namespace) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print()
-    print(_table(single, batch, ratios))
+    print(_table(single, batch, ratios, pairs))
     print(f"\nwritten to {args.out}")
     return 0

@@ -12,7 +12,8 @@ token), ``POST /routing`` (current configuration and arms), ``GET /livez``, ``/r
 
 Faults: in split mode a challenger error, timeout or open circuit gives the client the champion's
 answer (counted as a fallback); in shadow mode the challenger is called after the answer is sent and
-its failures never touch the response; when the champion cannot answer the client gets a 503 with
+its failures never touch the response (nor, in split mode, do those of pairing calls, which also never open an
+arm's circuit); when the champion cannot answer the client gets a 503 with
 ``Retry-After`` — or, in split mode with ``champion_fallback: challenger``, the challenger's answer
 (counted). Every answered row is in the prediction log's local segment before the answer is sent; if it
 cannot be written the client gets a 503 instead. Requests are validated against the champion's
@@ -62,7 +63,7 @@ from bentos.messages import (
 )
 from bentos.metrics import ROUTER_SPECS, Metrics
 from bentos.predlog import LogUnavailable, SegmentLog, router_log
-from bentos.routing import choose_arm, routing_key
+from bentos.routing import choose_arm, pair_sampled, routing_key
 from bentos.validation import FeatureSchema, InvalidRequest, Problem, check_batch_size, row_problems
 from kingmaker import logs
 from kingmaker.roles import Arm, Mode
@@ -75,6 +76,7 @@ fix_bentoml_request_timers()  # see its docstring: without it p99 latency has 30
 edge.install()  # bounded path labels, error answers of our shape, client errors logged in one line
 
 Features = Mapping[str, Any]
+PAIR_OUTCOMES = ("paired", "failed", "skipped", "circuit_open", "log_failed")
 Served = tuple[Arm, ArmAnswer, float, bool]  # per row: the arm that answered, its answer, call ms, fell back
 
 
@@ -90,7 +92,7 @@ class RoutingEngine:
     go to the champion if it fails (and, with ``champion_fallback: challenger``, the champion's rows to the
     challenger if the champion fails), every answered row is in the prediction log's segment before the
     answer is returned, and in shadow mode the challenger scores the same rows off the response path
-    (`score_off_path`). Refusals are raised: `InvalidRequest`, `ArmRejected` (the champion refused the
+    (`score_off_path`); in split mode with ``pairing`` the arm that did not answer a row does (`_pair`). Refusals are raised: `InvalidRequest`, `ArmRejected` (the champion refused the
     input), `Unavailable` (not ready, the champion cannot answer, the answer could not be logged).
     """
 
@@ -115,6 +117,8 @@ class RoutingEngine:
             self._champion_fallbacks.labels(reason=reason)
         for reason in (*failures, "not_ready", "log_unavailable"):
             self._unavailable.labels(reason=reason)
+        pairs = metrics.counter("kingmaker_router_pairs")  # every outcome starts at 0, for the same reason
+        self._pairs = {arm: {o: pairs.labels(arm=arm.value, outcome=o) for o in PAIR_OUTCOMES} for arm in Arm}
         self.champion_fallbacks = 0  # rows the challenger answered for a failed champion, since start (/routing)
         self._off_path: set[asyncio.Task[None]] = set()
 
@@ -182,10 +186,26 @@ class RoutingEngine:
                 fallback=fallback))
         if mode is Mode.SHADOW and has_challenger:
             self.score_off_path(Arm.CHALLENGER, cfg, features, ids, keys, ts, single)
+        elif weight > 0.0 and cfg.pairing > 0.0:
+            self._pair(served, cfg, features, ids, keys, ts, single)
         if single:
             self._latency.labels(arm=out[0].arm, model_version=out[0].model_version, mode=mode.value).observe(
                 done - started)
         return out
+
+    def _pair(self, served: Sequence[Served], cfg: RouterConfig, features: Sequence[Features], ids: Sequence[str],
+              keys: Sequence[str], ts: datetime, single: bool) -> None:
+        """Split mode: the other arm scores the sampled answered rows off the response path, so the log holds
+        the pair (served and not served, one request id). Rows answered by a fallback are not paired: the other
+        arm has just failed them."""
+        others: dict[Arm, list[int]] = {Arm.CHAMPION: [], Arm.CHALLENGER: []}
+        for i, (arm, _, _, fallback) in enumerate(served):
+            if not fallback and pair_sampled(ids[i], cfg.pairing, cfg.salt):
+                others[Arm.CHALLENGER if arm is Arm.CHAMPION else Arm.CHAMPION].append(i)
+        for arm, idx in others.items():
+            if idx:
+                self.score_off_path(arm, cfg, [features[i] for i in idx], [ids[i] for i in idx],
+                                    [keys[i] for i in idx], ts, single, pairing=True)
 
     def _log(self, rows: list[dict[str, Any]], request_id: str | None) -> None:
         """Every answered row goes to the log's segment before the answer is returned: if it cannot, no answer."""
@@ -258,22 +278,33 @@ class RoutingEngine:
                            request_id, reason=exc.reason)
 
     def score_off_path(self, arm: Arm, cfg: RouterConfig, features: Sequence[Features], ids: Sequence[str],
-                       keys: Sequence[str], ts: datetime, single: bool) -> None:
+                       keys: Sequence[str], ts: datetime, single: bool, *, pairing: bool = False) -> None:
         """Score the same rows on ``arm`` off the response path (a task; at most ``shadow_max_in_flight`` at a
-        time, more are skipped and counted) and log them as not served. Shadow mode uses it for the challenger."""
+        time, more are skipped and counted) and log them as not served. Shadow mode uses it for the challenger,
+        split mode's ``pairing`` for the arm that did not answer: its calls bypass the arm's circuit breaker
+        (an off-path failure must not open the circuit of the rows the arm answers) and skip an open circuit."""
         client = self.pool.clients.get(arm)
         if client is None:  # removed by a configuration change meanwhile
             return
+        pairs = self._pairs[arm] if pairing else None
         if len(self._off_path) >= cfg.shadow_max_in_flight:
             client.count("shadow_skipped")
+            if pairs is not None:
+                pairs["skipped"].inc(len(ids))
+            return
+        if pairs is not None and client.breaker.is_open:
+            pairs["circuit_open"].inc(len(ids))
             return
 
         async def run() -> None:
             started = time.perf_counter()
             try:
-                answers = await self.pool.score(arm, features, ids, cfg.shadow_timeout_ms, single=single)
+                answers = await self.pool.score(arm, features, ids, cfg.shadow_timeout_ms, single=single,
+                                                breaker=not pairing)
             except (ArmFailure, ArmRejected) as exc:
                 log.debug("off-path call to the %s failed: %s", arm, exc)
+                if pairs is not None:
+                    pairs["failed"].inc(len(ids))
                 return
             latency_ms = (time.perf_counter() - started) * 1000.0
             try:
@@ -283,6 +314,11 @@ class RoutingEngine:
                     threshold=a.threshold, latency_ms=latency_ms, features=features[i]) for i, a in enumerate(answers)])
             except LogUnavailable as exc:
                 rate_limited("off-path-log", "off-path rows of the %s not logged: %s", arm, exc, level=logging.ERROR)
+                if pairs is not None:
+                    pairs["log_failed"].inc(len(ids))
+                return
+            if pairs is not None:
+                pairs["paired"].inc(len(ids))
 
         task = asyncio.create_task(run())
         self._off_path.add(task)

@@ -37,6 +37,12 @@ def choose_arm(routing_key: str, challenger_weight: float, salt: str) -> Arm:
     return Arm.CHALLENGER if unit_hash(routing_key, salt) < challenger_weight else Arm.CHAMPION
 
 
+def pair_sampled(request_id: str, rate: float, salt: str) -> bool:
+    """Split mode's pairing sample: is this request also scored by the arm that did not answer it? Hashed like
+    the routing key (on the request id, with its own salt) so a replayed request gets the same answer."""
+    return rate >= 1.0 or (rate > 0.0 and unit_hash(request_id, f"{salt}\x1fpairing") < rate)
+
+
 def routing_key(request_id: str, ids: Mapping[str, str] | None, field_name: str | None) -> str:
     """The configured entity id (e.g. ``customer_id``) when the request carries it, else the request id."""
     if field_name and ids:

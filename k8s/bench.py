@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from k8s.policy import CostMatrix, Criterion, Policy
     from k8s.simulate import Experiments, Scenario, Setup, Verdict, expected_cost, separation_for_cost, simulate
 
-    policy = Policy()
+    policy = Policy(alert_rate=0.02, fpr=0.01)  # the synthetic world's 2% fraud: its own operating point
     amount_policy = dataclasses.replace(policy, cost=CostMatrix(amount_feature="Amount", amount_cap=500.0))
     recall_policy = dataclasses.replace(policy, criterion=Criterion.RECALL_AT_FPR)
     base = Scenario(correlation=args.correlation)

@@ -6,6 +6,9 @@ as in the CRD) into a frozen `Policy`. Every Python field ``snake_case`` is the 
 raises `PermanentError` with one readable line naming the key, e.g.
 ``policy.alertRate: must be > 0 and < 1, got 1.5``.
 
+The defaults of the cost matrix, the alert rate and the FPR are the deployment objective's
+(`kingmaker.objective.DEFAULT`), the same that training registers its operating point with.
+
 Pure: no Kubernetes, MLflow or HTTP imports.
 """
 
@@ -19,6 +22,8 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from kingmaker.errors import PermanentError
+from kingmaker.objective import DEFAULT as OBJECTIVE
+from kingmaker.objective import DEFAULT_ALERT_RATE
 
 E = TypeVar("E", bound=StrEnum)
 
@@ -46,9 +51,9 @@ def _doc(text: str) -> dict[str, str]:
 class CostMatrix:
     """What an alert and a missed fraud cost (currency units); a caught fraud costs its review only."""
 
-    review_cost: float = field(default=5.0, metadata=_doc("cost of reviewing one alert (true or false)"))
+    review_cost: float = field(default=OBJECTIVE.review_cost, metadata=_doc("cost of reviewing one alert (true or false)"))
     missed_fraud_cost: float = field(
-        default=100.0, metadata=_doc("cost of one missed fraud when its amount is not used or not logged"))
+        default=OBJECTIVE.missed_fraud_cost, metadata=_doc("cost of one missed fraud when its amount is not used or not logged"))
     amount_feature: str | None = field(
         default=None, metadata=_doc("feature holding the transaction amount; a missed fraud then costs its amount"))
     amount_cap: float | None = field(
@@ -77,8 +82,8 @@ class Policy:
 
     criterion: Criterion = field(default=Criterion.EXPECTED_COST, metadata=_doc("primary comparison"))
     alert_rate: float = field(
-        default=0.02, metadata=_doc("expected-cost: share of traffic each arm flags (matched alert rate)"))
-    fpr: float = field(default=0.01, metadata=_doc("recall-at-fpr: false-positive rate each arm is held to"))
+        default=DEFAULT_ALERT_RATE, metadata=_doc("expected-cost: share of traffic each arm flags (matched alert rate)"))
+    fpr: float = field(default=OBJECTIVE.fpr, metadata=_doc("recall-at-fpr: false-positive rate each arm is held to"))
     horizon_per_arm: int = field(
         default=50_000, metadata=_doc("pr-auc: labelled samples per arm at the last planned analysis"))
     planned_analyses: int = field(

@@ -193,6 +193,10 @@ SERVING = (
                "503 answers, by reason: the champion's failure (timeout, connect_error ...), not_ready, or "
                "log_unavailable (the answer could not be written to the prediction log, so none was given)",
                ("reason",)),
+    MetricSpec("kingmaker_router_pairs", Kind.COUNTER,
+               "Split-mode pairing: answered rows also scored by the other arm (arm) off the response path, by "
+               "outcome=paired|failed|skipped (shadow_max_in_flight reached)|circuit_open|log_failed",
+               ("arm", "outcome")),
     MetricSpec("kingmaker_router_challenger_weight", Kind.GAUGE,
                "Challenger share currently configured (0..1)"),
     MetricSpec("kingmaker_router_config_reloads", Kind.COUNTER,

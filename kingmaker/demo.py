@@ -141,8 +141,8 @@ def train_pair(train: Dataset, args: argparse.Namespace) -> tuple[str, str]:
     settings = MlflowSettings.from_env()
     client = settings.client()
     bootstrap = 20 if args.fast else 200
-    candidates = ("xgboost", "logreg") if args.fast else ("xgboost", "logreg", "forest")
-    steps = (("incumbent (@champion)", ("logreg",)), ("candidates (the best becomes @challenger)", candidates))
+    best_of: tuple[str, ...] = ("xgboost", "logreg") if args.fast else ("xgboost", "logreg", "forest")
+    steps = (("incumbent (@champion)", ("logreg",)), ("candidates (the best becomes @challenger)", best_of))
     versions: list[str] = []
     for i, (title, candidates) in enumerate(steps, 1):
         print(f"\n== train {i}/2: the {title} on the earliest {len(train.frame):,} rows "

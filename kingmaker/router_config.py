@@ -11,7 +11,9 @@ router ConfigMap, updated by an atomic symlink swap). Example::
     champion_timeout_ms: 1000
     challenger_timeout_ms: 300   # split mode: bounds the client's wait before the champion answers instead
     shadow_timeout_ms: 2000      # shadow mode: off the response path, so it may be longer
-    shadow_max_in_flight: 256    # shadow calls beyond this are skipped (counted), never queued
+    shadow_max_in_flight: 256    # off-path calls (shadow and pairing) beyond this are skipped (counted), never queued
+    pairing: all                 # split mode: the other arm also scores answered rows off the response path,
+                                 #   logged as a pair: all | a sample rate in [0, 1] | off
     champion_fallback: none      # split mode, champion down: none = 503; challenger = the challenger answers
     champion_url: null           # optional: override KINGMAKER_CHAMPION_URL (kingmaker serve uses these
     challenger_url: null         #   to re-point an arm to a new process; "" = no challenger)
@@ -39,6 +41,14 @@ from kingmaker.roles import Mode
 REQUIRED = ("mode", "challenger_weight")
 
 
+PAIRING_WORDS = {"all": 1.0, "off": 0.0}
+
+
+def pairing_text(rate: float) -> str | float:
+    """How ``pairing`` is written: ``all``, ``off`` or the sample rate."""
+    return {1.0: "all", 0.0: "off"}.get(rate, rate)
+
+
 class ChampionFallback(StrEnum):
     """Split mode, the champion cannot answer: ``none`` answers 503; ``challenger`` lets the challenger answer
     instead (an unproven model rather than an outage)."""
@@ -58,11 +68,17 @@ class RouterConfig:
     shadow_timeout_ms: float = 2000.0
     shadow_max_in_flight: int = 256
     champion_fallback: ChampionFallback = ChampionFallback.NONE
+    # Split mode: the share of answered rows the other arm also scores off the response path (1.0 = all). Paired
+    # rows compare the arms on the same transactions, so a 90/10 split decides about as fast as shadow mode; the
+    # cost is shadow mode's (both arms score every paired row), bounded by shadow_max_in_flight.
+    pairing: float = 1.0
     champion_url: str | None = None  # None: the Router's environment decides
     challenger_url: str | None = None  # None: the environment decides; "": no challenger
 
     def as_dict(self) -> dict[str, Any]:
-        return {f.name: (str(v) if isinstance(v := getattr(self, f.name), StrEnum) else v) for f in fields(self)}
+        doc = {f.name: (str(v) if isinstance(v := getattr(self, f.name), StrEnum) else v) for f in fields(self)}
+        doc["pairing"] = pairing_text(self.pairing)
+        return doc
 
 
 def parse(doc: object, *, source: str = "router config") -> RouterConfig:
@@ -95,6 +111,8 @@ def parse(doc: object, *, source: str = "router config") -> RouterConfig:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise PermanentError(f"{source}: shadow_max_in_flight must be a non-negative integer, got {value!r}")
         values["shadow_max_in_flight"] = value
+    if "pairing" in doc:
+        values["pairing"] = _pairing(doc["pairing"], source)
     for key in ("salt", "routing_field"):
         if key in doc:
             if not isinstance(doc[key], str):
@@ -119,6 +137,17 @@ def parse(doc: object, *, source: str = "router config") -> RouterConfig:
         raise PermanentError(f"{source}: missing key(s) {', '.join(missing)} (a truncated file?); the traffic split "
                              "is never implied")
     return cfg
+
+
+def _pairing(value: object, source: str) -> float:
+    """``all`` | ``off`` | a sample rate in [0, 1]. YAML 1.1 reads a bare ``off`` as false (and ``on`` as true)."""
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    if isinstance(value, str) and value.strip().lower() in PAIRING_WORDS:
+        return PAIRING_WORDS[value.strip().lower()]
+    if isinstance(value, int | float) and 0.0 <= value <= 1.0:
+        return float(value)
+    raise PermanentError(f"{source}: pairing must be all, off or a sample rate in [0, 1], got {value!r}")
 
 
 def load(path: Path) -> RouterConfig:

@@ -61,10 +61,11 @@ class CandidateResult:
     name: str
     params: dict[str, Any]
     cv: dict[str, float]  # mean and sd per metric
-    threshold: float  # chosen on the out-of-fold scores
+    threshold: float  # on the out-of-fold scores; with an alert rate, reset to the deployed model's quantile
     oof: np.ndarray
     fit_seconds: float
     test: dict[str, float] = field(default_factory=dict)
+    alert_rate: float | None = None  # the operating point, when it is an alert rate
 
 
 CANDIDATES: dict[str, Candidate] = {

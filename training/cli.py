@@ -38,6 +38,18 @@ def load_data(args: argparse.Namespace) -> Dataset:
                           amount_column=args.amount_column)
 
 
+def _alert_rate(text: str) -> str | float:
+    if text in ("oof", "derived"):
+        return text
+    try:
+        rate = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be oof, derived or a share in (0, 0.5], got {text!r}") from None
+    if not 0.0 < rate <= 0.5:
+        raise argparse.ArgumentTypeError(f"must be a share in (0, 0.5], got {text!r}")
+    return rate
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = environment_help(MlflowSettings)
     add_data_arguments(p)
@@ -54,11 +66,19 @@ def add_arguments_training(p: argparse.ArgumentParser) -> None:
                    help="hold out a stratified random part, or the latest part by time")
     g.add_argument("--select-by", choices=["pr_auc", "roc_auc", "best_f1"], default="pr_auc",
                    help="mean CV metric that chooses the candidate")
-    g.add_argument("--threshold-objective", choices=["cost", "f1"], default="cost",
-                   help="decision threshold: minimum expected cost, or best F1, on out-of-fold scores")
+    g.add_argument("--threshold-objective", choices=["alert-rate", "cost", "f1"], default="alert-rate",
+                   help="operating point: an alert rate (a quantile of the deployed model's scores on calibration "
+                        "rows), or the threshold of minimum expected cost or best F1 on out-of-fold scores")
+    g.add_argument("--alert-rate", default="oof", type=_alert_rate, metavar="oof|derived|RATE",
+                   help="oof: chosen on out-of-fold scores around the derived rate; derived: 2x the training "
+                        "labels' fraud rate, one significant digit; or a share in (0, 0.5]")
+    g.add_argument("--calibration-size", type=float, default=0.2,
+                   help="share of the training part held back from the deployed model to set its threshold")
     g.add_argument("--review-cost", type=float, default=5.0, help="cost of reviewing one alert")
     g.add_argument("--missed-fraud-cost", type=float, default=100.0,
-                   help="cost of a missed fraud when the data has no amount column")
+                   help="cost of a missed fraud (unless --amount-cap prices misses by their amount)")
+    g.add_argument("--amount-cap", type=float,
+                   help="a missed fraud costs its amount (the data's amount column) clipped here")
     g.add_argument("--tune", type=int, default=0, metavar="N",
                    help="try N XGBoost settings from the search space (each a nested MLflow run)")
     g.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for test-metric 95%% CIs")
@@ -73,14 +93,18 @@ def add_arguments_training(p: argparse.ArgumentParser) -> None:
 def training_config(args: argparse.Namespace, *, register: bool | None = None, split: str | None = None,
                     ) -> TrainConfig:
     """The `TrainConfig` the training options say (``register`` / ``split`` override theirs)."""
-    from training import metrics
+    from kingmaker.objective import Objective
     from training.pipeline import TrainConfig
 
     return TrainConfig(
         candidates=tuple(c.strip() for c in args.candidates.split(",") if c.strip()), folds=args.folds,
         test_size=args.test_size, split=split or args.split, select_by=args.select_by,
-        threshold_objective=args.threshold_objective,
-        costs=metrics.CostMatrix(review_cost=args.review_cost, missed_fraud_cost=args.missed_fraud_cost),
+        threshold_objective=args.threshold_objective, choose_rate=args.alert_rate == "oof",
+        calibration_size=args.calibration_size,
+        objective=Objective(review_cost=args.review_cost, missed_fraud_cost=args.missed_fraud_cost,
+                            amount_feature=(args.amount_column or "Amount") if args.amount_cap else None,
+                            amount_cap=args.amount_cap,
+                            alert_rate=args.alert_rate if isinstance(args.alert_rate, float) else None),
         tune=args.tune, n_bootstrap=args.bootstrap, seed=args.seed, n_jobs=args.n_jobs,
         register=(not args.no_register) if register is None else register)
 
@@ -98,7 +122,13 @@ def run(args: argparse.Namespace) -> int:
     m = result.test_metrics
     print(f"\nchosen: {result.chosen}  test PR-AUC {m['pr_auc']:.4f} [{m.get('pr_auc_ci_low', float('nan')):.4f}, "
           f"{m.get('pr_auc_ci_high', float('nan')):.4f}]  ROC-AUC {m['roc_auc']:.4f}  F1 {m['f1']:.4f}  "
-          f"cost/1k {m['expected_cost_per_1k']:.2f}")
+          f"cost/1k {m['expected_cost_per_1k']:.2f}  alert rate {m['alert_rate']:.4%}"
+          + (f" (target {m['target_alert_rate']:.4%})" if "target_alert_rate" in m else ""))
+    if "vs_champion_cost_diff_per_1k" in m:
+        print(f"vs champion version {m['champion_version']:.0f}: test cost/1k {m['expected_cost_per_1k']:.2f} vs "
+              f"{m['champion_expected_cost_per_1k']:.2f}, paired difference {m['vs_champion_cost_diff_per_1k']:+.2f} "
+              f"[{m.get('vs_champion_cost_diff_per_1k_ci_low', float('nan')):+.2f}, "
+              f"{m.get('vs_champion_cost_diff_per_1k_ci_high', float('nan')):+.2f}] (95% paired bootstrap CI)")
     if result.version:
         print(f"registered: models:/{result.model_name}@{result.alias} -> version {result.version}  (run {result.run_id})")
     else:

@@ -1,35 +1,21 @@
 """Evaluation metrics for fraud scores: pure functions of (labels, scores[, amounts]).
 
 Every function takes ``y`` (0/1) and ``score`` (higher = more likely fraud). Costs are per 1,000
-transactions under a `CostMatrix`: each alert costs a review, each missed fraud costs its amount
-(or a fixed value when amounts are unknown). Bootstrap intervals (`report_with_ci`) resample
+transactions under the deployment's `Objective` (`kingmaker.objective`): each alert costs a review, each
+missed fraud a fixed cost, or its amount (capped) when the objective prices misses by amount. Bootstrap intervals (`report_with_ci`) resample
 rows with replacement and take the 2.5% and 97.5% percentiles.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import numpy.typing as npt
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
+from kingmaker.objective import Objective
+
 Array = npt.NDArray[np.float64]
 FPR_POINTS = (0.001, 0.01)
-
-
-@dataclass(frozen=True)
-class CostMatrix:
-    """What a decision costs, in currency units."""
-
-    review_cost: float = 5.0  # cost of reviewing one alert (true or false)
-    missed_fraud_cost: float = 100.0  # cost of a missed fraud when its amount is unknown
-    use_amount: bool = True  # a missed fraud costs its transaction amount when amounts are known
-
-    def miss_costs(self, n: int, amounts: Array | None) -> Array:
-        if self.use_amount and amounts is not None:
-            return np.asarray(amounts, dtype=float)
-        return np.full(n, self.missed_fraud_cost)
 
 
 def roc_auc(y: npt.ArrayLike, score: npt.ArrayLike) -> float:
@@ -94,17 +80,13 @@ def best_f1(y: npt.ArrayLike, score: npt.ArrayLike) -> tuple[float, float]:
     return float(f1[i]), float(thresholds[i])
 
 
-def expected_cost(y: npt.ArrayLike, score: npt.ArrayLike, threshold: float, costs: CostMatrix,
+def expected_cost(y: npt.ArrayLike, score: npt.ArrayLike, threshold: float, costs: Objective,
                   amounts: npt.ArrayLike | None = None) -> float:
     """Cost per 1,000 transactions: reviews of every alert plus the cost of every missed fraud."""
-    y = np.asarray(y).astype(bool)
-    alert = np.asarray(score) >= threshold
-    miss = costs.miss_costs(len(y), None if amounts is None else np.asarray(amounts, dtype=float))
-    total = costs.review_cost * alert.sum() + miss[y & ~alert].sum()
-    return float(1000.0 * total / len(y))
+    return float(1000.0 * costs.row_costs(y, np.asarray(score) >= threshold, amounts).mean())
 
 
-def min_cost_threshold(y: npt.ArrayLike, score: npt.ArrayLike, costs: CostMatrix,
+def min_cost_threshold(y: npt.ArrayLike, score: npt.ArrayLike, costs: Objective,
                        amounts: npt.ArrayLike | None = None) -> tuple[float, float]:
     """(lowest expected cost per 1,000, the threshold reaching it), over all distinct scores.
 
@@ -127,14 +109,14 @@ def min_cost_threshold(y: npt.ArrayLike, score: npt.ArrayLike, costs: CostMatrix
     return float(1000.0 * total[i] / len(y)), float(s_sorted[ends[i] - 1])
 
 
-def report(y: npt.ArrayLike, score: npt.ArrayLike, threshold: float, costs: CostMatrix,
+def report(y: npt.ArrayLike, score: npt.ArrayLike, threshold: float, costs: Objective,
            amounts: npt.ArrayLike | None = None) -> dict[str, float]:
     """All headline metrics at once (names are the MLflow metric keys)."""
     precision, recall, f1 = precision_recall_f1(y, score, threshold)
     out = {
         "roc_auc": roc_auc(y, score), "pr_auc": pr_auc(y, score), "gini": gini(y, score),
         "ks": ks_statistic(y, score), "precision": precision, "recall": recall, "f1": f1,
-        "best_f1": best_f1(y, score)[0],
+        "best_f1": best_f1(y, score)[0], "alert_rate": float(np.mean(np.asarray(score) >= threshold)),
         "expected_cost_per_1k": expected_cost(y, score, threshold, costs, amounts),
     }
     for fpr in FPR_POINTS:
@@ -142,7 +124,7 @@ def report(y: npt.ArrayLike, score: npt.ArrayLike, threshold: float, costs: Cost
     return out
 
 
-def report_with_ci(y: npt.ArrayLike, score: npt.ArrayLike, threshold: float, costs: CostMatrix,
+def report_with_ci(y: npt.ArrayLike, score: npt.ArrayLike, threshold: float, costs: Objective,
                    amounts: npt.ArrayLike | None = None, *, n_boot: int = 200, seed: int = 0) -> dict[str, float]:
     """`report` plus ``<name>_ci_low``/``<name>_ci_high`` from one shared set of bootstrap resamples."""
     point = report(y, score, threshold, costs, amounts)

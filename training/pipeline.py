@@ -1,9 +1,14 @@
 """Train candidates, choose one on cross-validation, evaluate it once on held-out data, register it.
 
 The held-out test part is never used for a choice: the candidate is chosen by mean CV score on the
-training part, and its threshold from its out-of-fold scores. The chosen candidate is then refit on
-the whole training part, saved in its native MLflow flavor and scored on the test part by loading
-the saved model back, so the logged test predictions are exactly what serving will compute.
+training part, and its operating point from its out-of-fold scores. The operating point is an alert rate
+(`training.operating.choose_alert_rate`, around the deployment objective's rate, `kingmaker.objective`); the
+deployed model is fitted on the training part less a calibration part (the latest rows with ``--split time``,
+else a stratified sample) and its threshold is that quantile of its scores on the calibration part, rows it
+was not fitted on, so the rate carries over to new traffic. (``--threshold-objective cost|f1`` keep a threshold
+chosen on the out-of-fold scores and refit on the whole training part.) The chosen model is saved in its native
+MLflow flavor and scored on the test part by loading the saved model back, so the logged test predictions are
+exactly what serving will compute; its test cost is compared with the current champion's on the same rows.
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ from tqdm.auto import tqdm
 
 from kingmaker import models, reference
 from kingmaker.errors import PermanentError
+from kingmaker.objective import Objective
 from kingmaker.settings import MlflowSettings
 from training import candidates as cand
-from training import metrics, plots, registry
+from training import metrics, operating, plots, registry
 from training.candidates import CandidateResult
 from training.data import Dataset
 
@@ -40,8 +46,10 @@ class TrainConfig:
     test_size: float = 0.2
     split: str = "stratified"  # or "time": the latest test_size of rows by time is held out
     select_by: str = "pr_auc"  # CV metric that picks the candidate
-    threshold_objective: str = "cost"  # or "f1"
-    costs: metrics.CostMatrix = field(default_factory=metrics.CostMatrix)
+    threshold_objective: str = "alert-rate"  # or "cost" (minimum expected cost on OOF scores) or "f1"
+    objective: Objective = field(default_factory=Objective)  # alert rate None: derived from the training labels
+    choose_rate: bool = True  # choose the alert rate on OOF scores around the objective's; False: use it as is
+    calibration_size: float = 0.2  # share of the training part the deployed model's threshold is taken on
     tune: int = 0  # number of XGBoost search-space points to try (nested runs); 0 = defaults only
     n_bootstrap: int = 200
     reference_rows: int = 20_000
@@ -85,9 +93,12 @@ def cross_validate(candidate: cand.Candidate, params: dict[str, Any], x: pd.Data
     """Stratified K-fold: out-of-fold scores, per-fold metrics (mean, sd), threshold from OOF scores."""
     imbalance = float((y == 0).sum() / max(1, (y == 1).sum()))
     oof = np.zeros(len(y))
+    fold_of = np.zeros(len(y), dtype=int)
     per_fold: dict[str, list[float]] = {"pr_auc": [], "roc_auc": [], "best_f1": []}
     started = time.perf_counter()
-    for train_idx, val_idx in StratifiedKFold(cfg.folds, shuffle=True, random_state=cfg.seed).split(x, y):
+    for k, (train_idx, val_idx) in enumerate(StratifiedKFold(cfg.folds, shuffle=True,
+                                                              random_state=cfg.seed).split(x, y)):
+        fold_of[val_idx] = k
         model = candidate.build(imbalance, seed=cfg.seed, n_jobs=cfg.n_jobs, params=params)
         model.fit(x.iloc[train_idx], y[train_idx])
         oof[val_idx] = model.predict_proba(x.iloc[val_idx])[:, 1]
@@ -96,17 +107,34 @@ def cross_validate(candidate: cand.Candidate, params: dict[str, Any], x: pd.Data
         per_fold["best_f1"].append(metrics.best_f1(y[val_idx], oof[val_idx])[0])
         bar.update(1)
     cv = {}
-    for k, v in per_fold.items():
-        cv[f"cv_{k}_mean"], cv[f"cv_{k}_sd"] = float(np.mean(v)), float(np.std(v, ddof=1))
-    threshold = choose_threshold(y, oof, amounts, cfg)
+    for name, v in per_fold.items():
+        cv[f"cv_{name}_mean"], cv[f"cv_{name}_sd"] = float(np.mean(v)), float(np.std(v, ddof=1))
+    rate = None
+    if cfg.threshold_objective == "alert-rate":
+        objective = cfg.objective.for_labels(y)
+        rate = (operating.choose_alert_rate(y, oof, fold_of, objective, amounts)[0] if cfg.choose_rate
+                else float(objective.alert_rate or 0.0))
+        threshold = operating.quantile_threshold(oof, rate)  # indicative: the deployed model's is set after its fit
+    elif cfg.threshold_objective == "f1":
+        threshold = metrics.best_f1(y, oof)[1]
+    else:
+        threshold = metrics.min_cost_threshold(y, oof, cfg.objective, amounts)[1]
     return CandidateResult(candidate.name, {**candidate.defaults, **params}, cv, threshold, oof,
-                           time.perf_counter() - started)
+                           time.perf_counter() - started, alert_rate=rate)
 
 
-def choose_threshold(y: np.ndarray, score: np.ndarray, amounts: np.ndarray | None, cfg: TrainConfig) -> float:
-    if cfg.threshold_objective == "f1":
-        return metrics.best_f1(y, score)[1]
-    return metrics.min_cost_threshold(y, score, cfg.costs, amounts)[1]
+def calibration_split(tr: Dataset, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(rows the deployed model is fitted on, rows its threshold is taken on), positions in the training part.
+    Without an alert rate every row is fitted on."""
+    idx = np.arange(len(tr.frame))
+    if cfg.threshold_objective != "alert-rate" or cfg.calibration_size <= 0:
+        return idx, idx[:0]
+    if cfg.split == "time" and tr.time_column is not None:
+        order = np.argsort(tr.frame[tr.time_column].to_numpy(), kind="stable")
+        cut = round(len(order) * (1 - cfg.calibration_size))
+        return np.sort(order[:cut]), np.sort(order[cut:])
+    fit, cal = train_test_split(idx, test_size=cfg.calibration_size, stratify=tr.y, random_state=cfg.seed)
+    return np.sort(fit), np.sort(cal)
 
 
 def train(ds: Dataset, cfg: TrainConfig, settings: MlflowSettings) -> TrainResult:
@@ -139,26 +167,37 @@ def train(ds: Dataset, cfg: TrainConfig, settings: MlflowSettings) -> TrainResul
         log.info("chosen: %s (CV %s %.4f); threshold %.4f from out-of-fold scores (%s objective)", chosen.name,
                  cfg.select_by, chosen.cv[f"cv_{cfg.select_by}_mean"], chosen.threshold, cfg.threshold_objective)
 
-        imbalance = float((tr.y == 0).sum() / max(1, tr.n_positive))
+        fit_idx, cal_idx = calibration_split(tr, cfg)
+        x_fit, y_fit = tr.x.iloc[fit_idx], tr.y[fit_idx]
+        imbalance = float((y_fit == 0).sum() / max(1, int(y_fit.sum())))
         curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         fitted: dict[str, Any] = {}
         for res in tqdm(best_by_name.values(), desc="refitting on the training part", unit="model"):
             model = cand.CANDIDATES[res.name].build(imbalance, seed=cfg.seed, n_jobs=cfg.n_jobs, params=res.params)
-            model.fit(tr.x, tr.y)
+            model.fit(x_fit, y_fit)
             fitted[res.name] = model
+            if res.alert_rate is not None:  # the rate as a quantile of this model's scores on rows it has not seen
+                res.threshold = operating.quantile_threshold(model.predict_proba(tr.x.iloc[cal_idx])[:, 1],
+                                                             res.alert_rate)
             score = model.predict_proba(te.x)[:, 1]
-            res.test = metrics.report(te.y, score, res.threshold, cfg.costs, amounts_te)
+            res.test = metrics.report(te.y, score, res.threshold, cfg.objective, amounts_te)
             curves[res.name] = (te.y, score)
+        if chosen.alert_rate is not None:
+            log.info("operating point: alert rate %.4g (objective %.4g) -> threshold %.4g on %d calibration rows",
+                     chosen.alert_rate, cfg.objective.for_labels(tr.y).alert_rate, chosen.threshold, len(cal_idx))
 
         workdir = Path(tempfile.mkdtemp(prefix="kingmaker-train-"))
         model_dir = models.save(
             fitted[chosen.name], workdir / "model", flavor=cand.CANDIDATES[chosen.name].flavor,
             signature=models.signature(tr.x), input_example=tr.x.head(3), threshold=chosen.threshold,
-            features=list(ds.features), extra={"candidate": chosen.name})
+            features=list(ds.features), extra={"candidate": chosen.name, "alert_rate": chosen.alert_rate})
         saved = models.load_local(model_dir, models.ModelRef(settings.model_name, "", parent.run_id, ""))
         test_score = saved.predict_proba(te.x)
-        test_metrics = metrics.report_with_ci(te.y, test_score, chosen.threshold, cfg.costs, amounts_te,
+        test_metrics = metrics.report_with_ci(te.y, test_score, chosen.threshold, cfg.objective, amounts_te,
                                               n_boot=cfg.n_bootstrap, seed=cfg.seed)
+        if chosen.alert_rate is not None:
+            test_metrics["target_alert_rate"] = chosen.alert_rate
+        test_metrics.update(against_champion(tracker.champion(), te, saved.decide(test_score), cfg, amounts_te))
         train_score = saved.predict_proba(tr.x)
         ref_idx = np.random.default_rng(cfg.seed).permutation(len(tr.frame))[: cfg.reference_rows]
         ref = reference.build(tr.x.iloc[ref_idx], train_score[ref_idx], list(ds.features))
@@ -179,6 +218,30 @@ def train(ds: Dataset, cfg: TrainConfig, settings: MlflowSettings) -> TrainResul
 
     table = summary_table(list(best_by_name.values()), chosen.name, cfg.select_by)
     return TrainResult(parent.run_id, chosen.name, settings.model_name, version, alias, test_metrics, table)
+
+
+def against_champion(champion: models.FraudModel | None, te: Dataset, alert: np.ndarray, cfg: TrainConfig,
+                     amounts: np.ndarray | None) -> dict[str, float]:
+    """The test cost of the new model's decisions minus the current champion's, on the same test rows, as MLflow
+    metrics (``vs_champion_cost_diff_per_1k`` with its paired bootstrap CI; negative: the new model is cheaper).
+    Nothing when there is no champion or it reads other features."""
+    if champion is None:
+        return {}
+    if set(champion.features) - set(te.x.columns):
+        log.warning("the champion (version %s) reads features this data lacks: no comparison", champion.ref.version)
+        return {}
+    champion_alert = champion.decide(champion.predict_proba(te.x[list(champion.features)]))
+    diff = operating.paired_cost_difference(te.y, alert, champion_alert, cfg.objective, amounts,
+                                            n_boot=max(cfg.n_bootstrap, 1000), seed=cfg.seed)
+    out = {"vs_champion_cost_diff_per_1k": diff["diff_per_1k"], "champion_expected_cost_per_1k": diff["baseline_per_1k"],
+           "champion_alert_rate": float(np.mean(champion_alert)), "champion_version": float(champion.ref.version)}
+    if "ci_low" in diff:
+        out["vs_champion_cost_diff_per_1k_ci_low"], out["vs_champion_cost_diff_per_1k_ci_high"] = (
+            diff["ci_low"], diff["ci_high"])
+    log.info("test cost vs the champion (version %s): %+.2f per 1,000 [%.2f, %.2f] (champion %.2f)",
+             champion.ref.version, diff["diff_per_1k"], diff.get("ci_low", np.nan), diff.get("ci_high", np.nan),
+             diff["baseline_per_1k"])
+    return out
 
 
 def trials(cfg: TrainConfig) -> list[tuple[cand.Candidate, dict[str, Any]]]:
@@ -207,6 +270,6 @@ def summary_table(results: list[CandidateResult], chosen: str, select_by: str) -
 
 def config_params(cfg: TrainConfig) -> dict[str, str]:
     flat = asdict(cfg)
-    costs = flat.pop("costs")
-    flat.update({f"cost_{k}": v for k, v in costs.items()})
+    objective = flat.pop("objective")
+    flat.update({f"objective_{k}": v for k, v in objective.items()})
     return {k: ",".join(v) if isinstance(v, tuple | list) else str(v) for k, v in flat.items()}

@@ -24,6 +24,7 @@ import pandas as pd
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 
 from kingmaker import mlflow_errors, models, reference
+from kingmaker.errors import PermanentError
 from kingmaker.settings import MlflowSettings
 from training.candidates import CandidateResult
 from training.data import Dataset
@@ -49,6 +50,15 @@ class Tracker:
             exp = self.client.get_experiment_by_name(settings.experiment)
             self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
                 settings.experiment, artifact_location=settings.artifact_root if settings.is_local_sqlite else None)
+
+    def champion(self) -> models.FraudModel | None:
+        """The model the registry's ``@champion`` alias points at, loaded; None when there is none yet."""
+        name = self.settings.model_name
+        try:
+            ref = models.resolve(self.client, name, "champion")
+        except PermanentError:
+            return None
+        return models.load(self.client, ref)
 
     @contextmanager
     def parent_run(self, ds: Dataset, params: Mapping[str, str], tr: Dataset, te: Dataset) -> Iterator[ParentRun]:
@@ -118,12 +128,16 @@ class ParentRun:
         ms += [Metric(f"{r.name}_{k}", v, now, 0) for r in candidates for k, v in r.cv.items()]
         ms += [Metric(f"{r.name}_test_{k}", v, now, 0) for r in candidates for k, v in r.test.items()]
         ms.append(Metric("threshold", chosen.threshold, now, 0))
+        if chosen.alert_rate is not None:
+            ms.append(Metric("alert_rate", chosen.alert_rate, now, 0))
         c.log_batch(self.run_id, metrics=ms, tags=[RunTag("kingmaker.chosen", chosen.name)])
 
     def register(self, chosen: CandidateResult, test_metrics: dict[str, float]) -> tuple[str, str]:
         """New version with tags and alias, or nothing at all."""
         name = self.tracker.settings.model_name
         tags = {f"test.{k}": f"{v:.6g}" for k, v in test_metrics.items()}
+        if chosen.alert_rate is not None:
+            tags["alert_rate"] = f"{chosen.alert_rate:.6g}"
         tags.update({"kingmaker.candidate": chosen.name, "threshold": f"{chosen.threshold:.8g}",
                      "git_commit": git_commit()})
         version, alias = models.register(self.client, name, self.run_id, tags=tags)

@@ -8,8 +8,8 @@
   impossible by construction. Time-ordered.
 - `split_window`: the most recent share of those rows is the gate window; training never sees it.
 - `gate`: the candidate and the current champion score the gate window, each at its own deployed threshold;
-  per transaction, the cost of its decision (`training.metrics.CostMatrix`: an alert costs a review, a missed
-  fraud its cost); the difference candidate - champion per 1,000 transactions with a paired bootstrap 95%
+  per transaction, the cost of its decision under `kingmaker.objective.Objective` (the objective the controller's
+  policy takes its defaults from: an alert costs a review, a missed fraud its cost); the difference candidate - champion per 1,000 transactions with a paired bootstrap 95%
   interval. The candidate passes when the interval's upper end is at most ``margin`` (it is not worse than the
   champion by more than the margin, with its CI).
 
@@ -26,7 +26,7 @@ import pandas as pd
 
 from kingmaker import logs, maturity
 from kingmaker.errors import PermanentError
-from training.metrics import CostMatrix
+from kingmaker.objective import Objective
 
 LABEL = "label"
 ID = "request_id"
@@ -112,7 +112,7 @@ class Gate:
                 f"most recent matured transactions ({self.frauds} frauds) that training never saw")
 
 
-def decision_costs(y: npt.NDArray[np.int8], score: npt.NDArray[np.float64], threshold: float, costs: CostMatrix,
+def decision_costs(y: npt.NDArray[np.int8], score: npt.NDArray[np.float64], threshold: float, costs: Objective,
                    amounts: npt.NDArray[np.float64] | None = None) -> npt.NDArray[np.float64]:
     """Per transaction, what the model's decision costs: a review when it alerts, the miss cost for a missed fraud."""
     alert = score >= threshold

@@ -144,8 +144,8 @@ def run(args: argparse.Namespace) -> int:
     y = window[retrain.LABEL].to_numpy(np.int8)
     x = window[features]
     verdict = retrain.gate(
-        y, retrain.decision_costs(y, champion.predict_proba(x), champion.threshold, cfg.costs),
-        retrain.decision_costs(y, candidate.predict_proba(x), candidate.threshold, cfg.costs),
+        y, retrain.decision_costs(y, champion.predict_proba(x), champion.threshold, cfg.objective),
+        retrain.decision_costs(y, candidate.predict_proba(x), candidate.threshold, cfg.objective),
         margin=args.margin, n_boot=max(200, cfg.n_bootstrap), seed=cfg.seed)
     lineage = {
         "training_window_start": str(part[retrain.TIME].min()), "training_window_end": str(part[retrain.TIME].max()),

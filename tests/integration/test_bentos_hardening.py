@@ -268,8 +268,10 @@ def test_04_12_a_full_disk_leaves_the_logs_readable_and_no_temporary_file(servin
                 assert http.post(f"{s.router.url}/predict", json=b).status_code == 200
         s.router.stop()
     answered = {b["request_id"] for b in bodies[:100] + bodies[101:200]}
-    logged = logs.read_predictions(s.predictions_url)["request_id"]
+    log = logs.read_predictions(s.predictions_url)
+    logged = log[log["served"]]["request_id"]
     assert set(logged) == answered and logged.is_unique  # the refused one is not there, nothing twice
+    assert set(log["request_id"]) <= answered  # nor as the other arm's pair
     assert logs.read_labels(s.labels_url)["request_id"].tolist() == [bodies[0]["request_id"]]
     assert temporary_files(Path(s.predictions_url)) == []
 

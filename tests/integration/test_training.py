@@ -121,3 +121,23 @@ def test_a_failing_alias_move_leaves_no_version_behind(tmp_path: Path, monkeypat
     runs = client.search_runs([client.get_experiment_by_name("kingmaker-fraud").experiment_id],
                               "tags.`kingmaker.chosen` = 'logreg'")
     assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_the_operating_point_carries_to_the_test_part_and_is_compared_with_the_champion(tmp_path: Path) -> None:
+    """The deployed model flags its target share of the held-out rows (within +-20%), and the second model's test
+    cost is reported against the champion's on the same rows, as a paired difference with a bootstrap CI."""
+    common = ("--data", "synthetic", "--rows", "20000", "--folds", "3", "--bootstrap", "50", "--seed", "4")
+    kingmaker("train", *common, "--candidates", "logreg", home=tmp_path)
+    out = kingmaker("train", *common, "--candidates", "xgboost", home=tmp_path)
+    assert "vs champion version 1: test cost/1k" in out.stdout
+    client = MlflowSettings.from_env(home=tmp_path, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").client()
+    for alias in ("champion", "challenger"):
+        mv = client.get_model_version_by_alias("fraud-detector", alias)
+        m = client.get_run(mv.run_id).data.metrics
+        assert m["alert_rate"] == m["test_target_alert_rate"] == pytest.approx(float(mv.tags["alert_rate"]))
+        assert m["test_alert_rate"] / m["test_target_alert_rate"] == pytest.approx(1.0, abs=0.2), alias
+        assert ("test_vs_champion_cost_diff_per_1k" in m) == (alias == "challenger")  # the first had no champion
+    diff = m["test_vs_champion_cost_diff_per_1k"]
+    assert m["test_vs_champion_cost_diff_per_1k_ci_low"] <= diff <= m["test_vs_champion_cost_diff_per_1k_ci_high"]
+    assert m["test_expected_cost_per_1k"] - m["test_champion_expected_cost_per_1k"] == pytest.approx(diff)
+    assert m["test_champion_version"] == 1.0

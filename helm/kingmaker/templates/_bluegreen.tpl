@@ -129,7 +129,7 @@ so an upgrade neither rewrites nor takes over a field the controller manages.
 */}}
 {{- define "kingmaker.routerYaml" -}}
 {{- $v := .Values.router.config }}
-{{- $wanted := dict "mode" .Values.championChallenger.traffic.mode "challenger_weight" .Values.championChallenger.traffic.challengerWeight "salt" $v.salt "routing_field" .Values.championChallenger.traffic.routingKey "champion_timeout_ms" $v.championTimeoutMs "challenger_timeout_ms" $v.challengerTimeoutMs "shadow_timeout_ms" $v.shadowTimeoutMs "shadow_max_in_flight" $v.shadowMaxInFlight "champion_fallback" $v.championFallback }}
+{{- $wanted := dict "mode" .Values.championChallenger.traffic.mode "challenger_weight" .Values.championChallenger.traffic.challengerWeight "salt" $v.salt "routing_field" .Values.championChallenger.traffic.routingKey "champion_timeout_ms" $v.championTimeoutMs "challenger_timeout_ms" $v.challengerTimeoutMs "shadow_timeout_ms" $v.shadowTimeoutMs "shadow_max_in_flight" $v.shadowMaxInFlight "champion_fallback" $v.championFallback "pairing" $v.pairing }}
 {{- $text := "" }}
 {{- $cm := lookup "v1" "ConfigMap" .Release.Namespace (include "kingmaker.routerConfigMap" .) }}
 {{- with dig "data" "router.yaml" "" $cm }}
@@ -138,7 +138,7 @@ so an upgrade neither rewrites nor takes over a field the controller manages.
 {{- $_ := set $wanted "mode" $live.mode }}
 {{- $_ := set $wanted "challenger_weight" $live.challenger_weight }}
 {{- $same := true }}
-{{- range $key := list "salt" "routing_field" "champion_fallback" }}
+{{- range $key := list "salt" "routing_field" "champion_fallback" "pairing" }}
 {{- if ne (toString (get $live $key)) (toString (get $wanted $key)) }}{{ $same = false }}{{ end }}
 {{- end }}
 {{- range $key := list "champion_timeout_ms" "challenger_timeout_ms" "shadow_timeout_ms" "shadow_max_in_flight" }}
@@ -159,5 +159,6 @@ challenger_timeout_ms: {{ $wanted.challenger_timeout_ms }}
 shadow_timeout_ms: {{ $wanted.shadow_timeout_ms }}
 shadow_max_in_flight: {{ $wanted.shadow_max_in_flight }}
 champion_fallback: {{ $wanted.champion_fallback }}
+pairing: {{ if kindIs "string" $wanted.pairing }}{{ $wanted.pairing | quote }}{{ else }}{{ $wanted.pairing }}{{ end }}
 {{ end }}
 {{- end }}

@@ -228,7 +228,10 @@ async def router(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, apps: dict[str
 
     monkeypatch.setattr(arms, "make_connector", connector)
     config_path = tmp_path / "router.yaml"
-    config_path.write_text(yaml.safe_dump({"mode": "split", "challenger_weight": 0.1, **PATIENT, "salt": "test", **(config or {})}))
+    # pairing off unless a test asks for it: in process, the arms share this event loop, and the off-path calls
+    # would slow the answers the test times
+    config_path.write_text(yaml.safe_dump({"mode": "split", "challenger_weight": 0.1, **PATIENT, "salt": "test",
+                                           "pairing": "off", **(config or {})}))
     values = {"KINGMAKER_CHAMPION_URL": champion_url, "KINGMAKER_CHALLENGER_URL": challenger_url,
               "KINGMAKER_ROUTER_CONFIG": str(config_path), "KINGMAKER_FEEDBACK_TOKEN": "fb-token",
               "KINGMAKER_PREDICTIONS_URL": str(tmp_path / "predictions"),

@@ -29,7 +29,7 @@ def predictions(url: str) -> pd.DataFrame:
 async def test_split_follows_the_routing_function_and_logs_each_request_once(
         scorer_env: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     async with both_arms(monkeypatch) as apps, router(monkeypatch, tmp_path, apps,
-                                                       {"challenger_weight": 0.3}) as h:
+                                                       {"challenger_weight": 0.3, "challenger_timeout_ms": 5000}) as h:
         answers = {}
         for i in range(60):
             customer = f"c{i % 40}"  # some customers come back: they must land on the same arm
@@ -49,7 +49,7 @@ async def test_split_follows_the_routing_function_and_logs_each_request_once(
     assert all(len(arms) == 1 for arms in by_customer.values())
     assert {b.json()["arm"] for _, b in answers.values()} == {"champion", "challenger"}
     log = predictions(h.predictions_url)
-    assert sorted(log["request_id"]) == sorted(answers)  # exactly once each (split: one scoring arm)
+    assert sorted(log["request_id"]) == sorted(answers)  # exactly once each (split without pairing: one arm)
     log = log.set_index("request_id")
     for request_id, (customer, r) in answers.items():
         entry = log.loc[request_id]
@@ -187,6 +187,92 @@ async def test_shadow_failures_never_touch_the_response(
     assert set(log["arm"]) == {"champion"} and len(log) == 10
 
 
+async def test_split_with_pairing_logs_both_arms_for_every_answered_request(
+        scorer_env: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Pairing: the answer is the routed arm's; the other arm's score is logged under the same id."""
+    config = {"challenger_weight": 0.3, "pairing": "all", "challenger_timeout_ms": 5000}  # no fallback under load
+    async with both_arms(monkeypatch) as apps, router(monkeypatch, tmp_path, apps, config) as h:
+        served = {}
+        for i in range(30):
+            r = await h.client.post("/predict", json={"features": row(i), "request_id": f"p{i}",
+                                                      "ids": {"customer_id": f"c{i}"}})
+            assert r.status_code == 200 and r.json()["arm"] == choose_arm(f"c{i}", 0.3, "test").value
+            served[f"p{i}"] = r.json()["arm"]
+        batch = await h.client.post("/predict_batch", json={"rows": [
+            {"features": row(i), "request_id": f"pb{i}", "ids": {"customer_id": f"d{i}"}} for i in range(12)]})
+        served.update({p["request_id"]: p["arm"] for p in batch.json()["predictions"]})
+        await asyncio.sleep(0.2)  # the last pairing calls finish off the response path
+        routing = (await h.client.post("/routing", json={})).json()
+        metrics = (await h.client.get("/metrics")).text
+    assert routing["config"]["pairing"] == "all"
+    assert set(served.values()) == {"champion", "challenger"}
+    log = predictions(h.predictions_url)
+    assert len(log) == 2 * len(served) and set(log["mode"]) == {"split"}
+    for request_id, arm in served.items():
+        rows = log[log["request_id"] == request_id]
+        assert sorted(rows["arm"]) == ["challenger", "champion"], request_id
+        assert {(r.arm, bool(r.served)) for r in rows.itertuples()} == {(a, a == arm) for a in ("champion", "challenger")}
+        assert set(rows["model_version"]) == set(scorer_env.versions.values())
+    n_challenger = sum(a == "challenger" for a in served.values())
+    # rows are counted by the arm that scored them off the path
+    assert f'kingmaker_router_pairs_total{{arm="champion",outcome="paired"}} {float(n_challenger)}' in metrics
+    assert (f'kingmaker_router_pairs_total{{arm="challenger",outcome="paired"}} {float(len(served) - n_challenger)}'
+            in metrics)
+
+
+async def test_pairing_samples_by_request_id_and_stops_at_weight_zero(
+        scorer_env: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from bentos.routing import pair_sampled
+
+    apps = {"http://champion": stub_arm("champion", "1"), "http://challenger": stub_arm("challenger", "2")}
+    async with router(monkeypatch, tmp_path, apps, {"challenger_weight": 0.5, "pairing": 0.3}) as h:
+        for i in range(60):
+            assert (await h.client.post("/predict", json={"features": row(i), "request_id": f"r{i}"})).status_code == 200
+    log = predictions(h.predictions_url)
+    paired = set(log[~log["served"]]["request_id"])
+    assert paired == {f"r{i}" for i in range(60) if pair_sampled(f"r{i}", 0.3, "test")}
+    assert 5 < len(paired) < 35  # a sample, neither none nor all
+    apps = {"http://champion": stub_arm("champion", "1"), "http://challenger": stub_arm("challenger", "2")}
+    (tmp_path / "zero").mkdir()
+    async with router(monkeypatch, tmp_path / "zero", apps, {"challenger_weight": 0.0, "pairing": "all"}) as h:
+        for i in range(5):
+            await h.client.post("/predict", json={"features": row(i), "request_id": f"z{i}"})
+    assert apps["http://challenger"].state.calls == 0  # weight 0 (e.g. after a rollback): no experiment, no pairs
+
+
+async def test_pairing_failures_never_touch_the_answer_nor_open_the_served_arms_circuit(
+        scorer_env: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """All traffic on the challenger; the champion fails every paired call. Clients see the challenger's answers,
+    and the champion's circuit stays closed: it would answer the champion-routed rows (and the fallbacks)."""
+    apps = {"http://champion": stub_arm("champion", "1", status=500), "http://challenger": stub_arm("challenger", "2")}
+    async with router(monkeypatch, tmp_path, apps, {"challenger_weight": 1.0, "pairing": "all"}) as h:
+        for i in range(12):
+            r = await h.client.post("/predict", json={"features": row(i), "request_id": f"e{i}"})
+            assert r.status_code == 200 and r.json()["arm"] == "challenger" and r.json()["fallback"] is False
+        await asyncio.sleep(0.2)  # let the off-path calls finish
+        routing = (await h.client.post("/routing", json={})).json()
+        metrics = (await h.client.get("/metrics")).text
+    assert routing["arms"]["champion"]["circuit_open"] is False
+    assert apps["http://champion"].state.calls == 12  # every pair was tried: no circuit skipped one
+    assert 'kingmaker_router_pairs_total{arm="champion",outcome="failed"} 12.0' in metrics
+    log = predictions(h.predictions_url)
+    assert len(log) == 12 and set(log["arm"]) == {"challenger"} and log["served"].all()
+
+
+async def test_pairing_is_skipped_beyond_the_in_flight_limit(
+        scorer_env: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # the champion takes 3 s: the first two pairing calls are still in flight while the other four requests arrive
+    apps = {"http://champion": stub_arm("champion", "1", delay_s=3.0), "http://challenger": stub_arm("challenger", "2")}
+    config = {"challenger_weight": 1.0, "pairing": "all", "shadow_max_in_flight": 2, "shadow_timeout_ms": 20_000}
+    async with router(monkeypatch, tmp_path, apps, config) as h:
+        for i in range(6):
+            assert (await h.client.post("/predict", json={"features": row(i), "request_id": f"k{i}"})).status_code == 200
+        metrics = (await h.client.get("/metrics")).text
+    assert 'kingmaker_router_pairs_total{arm="champion",outcome="skipped"} 4.0' in metrics
+    log = predictions(h.predictions_url)
+    assert (~log["served"]).sum() == 2 and log["served"].sum() == 6
+
+
 async def test_invalid_input_is_refused_before_any_arm_is_called(
         scorer_env: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     champion, challenger = stub_arm("champion", "1"), stub_arm("challenger", "2")
@@ -203,8 +289,8 @@ async def test_invalid_input_is_refused_before_any_arm_is_called(
 
 
 async def test_batch_routes_each_row(scorer_env: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    async with both_arms(monkeypatch) as apps, router(monkeypatch, tmp_path, apps, {"challenger_weight": 0.5},
-                                                       KINGMAKER_MAX_BATCH_ROWS="50") as h:
+    async with both_arms(monkeypatch) as apps, router(monkeypatch, tmp_path, apps, {
+            "challenger_weight": 0.5, "challenger_timeout_ms": 5000}, KINGMAKER_MAX_BATCH_ROWS="50") as h:
         rows = [{"features": row(i), "request_id": f"r{i}", "ids": {"customer_id": f"c{i}"}} for i in range(40)]
         r = await h.client.post("/predict_batch", json={"rows": rows})
         assert r.status_code == 200, r.text

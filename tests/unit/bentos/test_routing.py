@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bentos.routing import CircuitBreaker, choose_arm, routing_key, unit_hash
+from bentos.routing import CircuitBreaker, choose_arm, pair_sampled, routing_key, unit_hash
 from kingmaker.roles import Arm
 
 KEYS = [f"customer-{i:06d}" for i in range(100_000)]
@@ -99,3 +99,14 @@ def test_circuit_breaker_success_resets_the_count() -> None:
     cb.record_failure(0)
     cb.record_failure(0)
     assert not cb.is_open
+
+
+def test_pair_sampling_is_a_deterministic_share_of_request_ids() -> None:
+    ids = [f"tx-{i}" for i in range(20_000)]
+    assert all(pair_sampled(i, 1.0, "s") for i in ids[:100]) and not any(pair_sampled(i, 0.0, "s") for i in ids[:100])
+    share = sum(pair_sampled(i, 0.2, "s") for i in ids) / len(ids)
+    assert abs(share - 0.2) < 0.01
+    assert [pair_sampled(i, 0.2, "s") for i in ids[:500]] == [pair_sampled(i, 0.2, "s") for i in ids[:500]]
+    # independent of the routing draw with the same salt: paired rows are not only the challenger's keys
+    both = sum(pair_sampled(i, 0.2, "s") and unit_hash(i, "s") < 0.2 for i in ids) / len(ids)
+    assert abs(both - 0.04) < 0.01

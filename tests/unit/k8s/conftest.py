@@ -78,9 +78,14 @@ def observations(champion: ArmRows, challenger: ArmRows, *, mode: Mode = Mode.SH
                         champion=champion, challenger=challenger, guardrails=guardrails, drift=drift)
 
 
+#: The test worlds have ~2% fraud: they state the operating point they were built for (the defaults are the
+#: credit card's 0.3% alert rate and 0.1% FPR, `kingmaker.objective`).
+SYNTHETIC_POINT = {"alertRate": 0.02, "fpr": 0.01}
+
+
 def policy(**spec: object) -> Policy:
     """A policy from CRD-style keys; label delay 0 unless given, so every row has matured."""
-    return parse_policy({"labelDelaySeconds": 0, **spec})
+    return parse_policy({"labelDelaySeconds": 0, **SYNTHETIC_POINT, **spec})
 
 
 @pytest.fixture(scope="session")
@@ -102,7 +107,7 @@ FEATURES = ("amount", "f1")
 
 def spec(**policy: Any) -> Spec:
     """A spec with a small, fast policy (label delay 1 h unless given) in shadow mode."""
-    raw = {"labelDelaySeconds": 3600, "minLabelledPerArm": 500, "minPositivesPerArm": 10, **policy}
+    raw = {"labelDelaySeconds": 3600, "minLabelledPerArm": 500, "minPositivesPerArm": 10, **SYNTHETIC_POINT, **policy}
     return Spec(name=MODEL, model_name=MODEL, policy=parse_policy(raw), traffic=Traffic(0.1, Mode.SHADOW))
 
 

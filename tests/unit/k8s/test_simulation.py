@@ -30,7 +30,7 @@ from kingmaker.roles import Mode
 
 from .conftest import HEALTHY, NO_DRIFT, policy
 
-POLICY = Policy()
+POLICY = Policy(alert_rate=0.02, fpr=0.01)  # the operating point of the scenario's 2% fraud (conftest.SYNTHETIC_POINT)
 AA = Scenario()
 BETTER = dataclasses.replace(AA, challenger_separation=separation_for_cost(0.9, POLICY, AA))
 

@@ -66,6 +66,30 @@ def test_invalid_documents_name_the_key(doc: object, message: str) -> None:
         parse(doc)
 
 
+@pytest.mark.parametrize(("value", "rate", "written"), [
+    ("all", 1.0, "all"), ("off", 0.0, "off"), (False, 0.0, "off"), (True, 1.0, "all"), (0.25, 0.25, 0.25),
+    (1, 1.0, "all"), (0, 0.0, "off"), ("ALL", 1.0, "all"),
+])
+def test_pairing_is_all_off_or_a_rate(value: object, rate: float, written: object) -> None:
+    assert RouterConfig().pairing == 1.0  # paired by default (see the field's comment)
+    cfg = parse({**SPLIT, "pairing": value})
+    assert cfg.pairing == rate and cfg.as_dict()["pairing"] == written and parse(cfg.as_dict()) == cfg
+
+
+def test_pairing_off_written_bare_in_yaml_is_read_as_off(tmp_path: Path) -> None:
+    path = tmp_path / "router.yaml"
+    path.write_text("mode: split\nchallenger_weight: 0.1\npairing: off\n")  # YAML 1.1: a bare off is false
+    assert load(path).pairing == 0.0
+    dump(load(path), path)
+    assert load(path).pairing == 0.0
+
+
+@pytest.mark.parametrize("value", ["some", 1.5, -0.1, float("nan"), None, [1]])
+def test_invalid_pairing_is_refused_naming_the_key(value: object) -> None:
+    with pytest.raises(PermanentError, match=r"pairing must be all, off or a sample rate in \[0, 1\]"):
+        parse({**SPLIT, "pairing": value})
+
+
 def test_arm_urls_are_optional_overrides() -> None:
     assert RouterConfig().champion_url is None and RouterConfig().challenger_url is None
     cfg = parse({**SPLIT, "champion_url": "http://127.0.0.1:4001/", "challenger_url": ""})

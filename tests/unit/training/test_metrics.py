@@ -5,12 +5,14 @@ import pytest
 from scipy.stats import ks_2samp
 from sklearn.metrics import f1_score, roc_curve
 
+from kingmaker.objective import Objective
 from training import metrics as m
 
 # The scikit-learn documentation example: two frauds, two legit.
 Y = np.array([0, 0, 1, 1])
 S = np.array([0.1, 0.4, 0.35, 0.8])
-NO_AMOUNTS = m.CostMatrix(review_cost=5.0, missed_fraud_cost=100.0, use_amount=False)
+NO_AMOUNTS = Objective(review_cost=5.0, missed_fraud_cost=100.0)
+AMOUNTS = Objective(review_cost=5.0, amount_feature="amount")  # a missed fraud costs its amount
 
 
 def test_ranking_metrics_by_hand() -> None:
@@ -39,18 +41,18 @@ def test_expected_cost_by_hand() -> None:
     # threshold .5 alerts on 0.8 only: one review (5) and one missed fraud (100) over 4 transactions
     assert m.expected_cost(Y, S, 0.5, NO_AMOUNTS) == pytest.approx(105 / 4 * 1000, abs=1e-9)
     # with amounts, the missed fraud (score .35) costs its amount 30
-    assert m.expected_cost(Y, S, 0.5, m.CostMatrix(review_cost=5.0), [10, 20, 30, 500]) == pytest.approx(35 / 4 * 1000)
+    assert m.expected_cost(Y, S, 0.5, AMOUNTS, [10, 20, 30, 500]) == pytest.approx(35 / 4 * 1000)
 
 
 def test_min_cost_threshold_by_hand() -> None:
     # top-k alerting costs (review 40, miss 100): none 200, k=1 140, k=2 180, k=3 120, k=4 160
-    cost, t = m.min_cost_threshold(Y, S, m.CostMatrix(review_cost=40.0, use_amount=False))
+    cost, t = m.min_cost_threshold(Y, S, Objective(review_cost=40.0))
     assert (cost, t) == pytest.approx((120 / 4 * 1000, 0.35), abs=1e-9)
     # amounts [10, 20, 30, 500]: none 530, k=1 70, k=2 110, k=3 120, k=4 160 -> alert on the 500 only
-    cost, t = m.min_cost_threshold(Y, S, m.CostMatrix(review_cost=40.0), [10, 20, 30, 500])
+    cost, t = m.min_cost_threshold(Y, S, Objective(review_cost=40.0, amount_feature="amount"), [10, 20, 30, 500])
     assert (cost, t) == pytest.approx((70 / 4 * 1000, 0.8), abs=1e-9)
     # reviews dearer than any fraud: alert on nothing, and the threshold really flags nothing
-    cost, t = m.min_cost_threshold(Y, S, m.CostMatrix(review_cost=1000.0, use_amount=False))
+    cost, t = m.min_cost_threshold(Y, S, Objective(review_cost=1000.0))
     assert cost == pytest.approx(200 / 4 * 1000) and not (t <= S).any()
 
 
@@ -85,7 +87,7 @@ def test_best_f1_matches_sklearn_at_its_threshold(noisy: tuple[np.ndarray, np.nd
 
 def test_min_cost_is_the_cost_at_its_threshold_and_beats_a_grid(noisy: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
     y, s, a = noisy
-    costs = m.CostMatrix(review_cost=5.0)
+    costs = AMOUNTS
     best, t = m.min_cost_threshold(y, s, costs, a)
     assert best == pytest.approx(m.expected_cost(y, s, t, costs, a), rel=1e-12)
     assert all(best <= m.expected_cost(y, s, g, costs, a) + 1e-9 for g in np.quantile(s, np.linspace(0, 1, 101)))
@@ -93,9 +95,9 @@ def test_min_cost_is_the_cost_at_its_threshold_and_beats_a_grid(noisy: tuple[np.
 
 def test_bootstrap_intervals_cover_the_point_and_shrink_with_data(noisy: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
     y, s, a = noisy
-    big = m.report_with_ci(y, s, 0.5, m.CostMatrix(), a, n_boot=60, seed=1)
-    small = m.report_with_ci(y[:2000], s[:2000], 0.5, m.CostMatrix(), a[:2000], n_boot=60, seed=1)
+    big = m.report_with_ci(y, s, 0.5, AMOUNTS, a, n_boot=60, seed=1)
+    small = m.report_with_ci(y[:2000], s[:2000], 0.5, AMOUNTS, a[:2000], n_boot=60, seed=1)
     for k in ("roc_auc", "pr_auc", "f1", "expected_cost_per_1k"):
         assert big[f"{k}_ci_low"] <= big[k] <= big[f"{k}_ci_high"]
         assert big[f"{k}_ci_high"] - big[f"{k}_ci_low"] < small[f"{k}_ci_high"] - small[f"{k}_ci_low"]
-    assert set(m.report(y, s, 0.5, m.CostMatrix())) == {k for k in big if not k.endswith(("_ci_low", "_ci_high"))}
+    assert set(m.report(y, s, 0.5, AMOUNTS)) == {k for k in big if not k.endswith(("_ci_low", "_ci_high"))}
