@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from kingmaker.errors import PermanentError
+from kingmaker.objective import Objective
 from training import retrain
-from training.metrics import CostMatrix
 
 T0 = pd.Timestamp("2026-11-01T00:00:00Z")
 DAY = 86400.0
@@ -62,7 +62,7 @@ def test_the_gate_window_is_the_most_recent_share() -> None:
 
 def test_decision_costs_are_a_review_per_alert_and_the_miss_cost_per_missed_fraud() -> None:
     y = np.array([1, 1, 0, 0], dtype=np.int8)
-    costs = retrain.decision_costs(y, np.array([0.9, 0.1, 0.8, 0.2]), 0.5, CostMatrix(review_cost=5.0,
+    costs = retrain.decision_costs(y, np.array([0.9, 0.1, 0.8, 0.2]), 0.5, Objective(review_cost=5.0,
                                                                                       missed_fraud_cost=100.0))
     assert costs.tolist() == [5.0, 100.0, 5.0, 0.0]
 
