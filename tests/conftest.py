@@ -13,6 +13,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # Router timeouts for tests about routing, not about slow arms: on a busy 2-core machine an arm's answer can take
 # longer than the production default (300 ms for the challenger), which would turn a routing test into a fallback.
+# The operating point of the tests' synthetic worlds (~2% fraud); the product's default is the credit card's
+# (alert rate 0.3%, FPR 0.1%: kingmaker/objective.py).
+SYNTHETIC_POINT = {"alertRate": 0.02, "fpr": 0.01}
 PATIENT = {"champion_timeout_ms": 10_000, "challenger_timeout_ms": 10_000, "shadow_timeout_ms": 30_000}
 
 

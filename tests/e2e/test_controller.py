@@ -54,7 +54,7 @@ from k8s.watch import ResourceWatch
 from kingmaker import reference
 from kingmaker.errors import PermanentError
 from kingmaker.settings import MlflowSettings
-from tests.conftest import kingmaker
+from tests.conftest import SYNTHETIC_POINT, kingmaker
 from tests.e2e.chart import RELEASE, helm_upgrade, rolled_out
 from tests.e2e.cluster import ControlPlane
 from tests.integration.bentos_support import write_matured_traffic
@@ -147,7 +147,7 @@ def _values(evidence: Evidence, approval: str) -> dict[str, Any]:
         "championChallenger": {
             "traffic": {"mode": "shadow", "challengerWeight": 0.1, "routingKey": "customer_id"},
             "policy": {"labelDelaySeconds": 3600, "minLabelledPerArm": 1000, "minPositivesPerArm": 15,
-                       "evaluationIntervalSeconds": 3600, "approval": approval}},
+                       "evaluationIntervalSeconds": 3600, "approval": approval, **SYNTHETIC_POINT}},
         "objectStore": {"predictionsUrl": str(evidence.root / "logs" / "predictions"),
                         "labelsUrl": str(evidence.root / "logs" / "labels")},
         "prometheus": {"url": evidence.prometheus},

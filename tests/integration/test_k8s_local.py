@@ -32,7 +32,7 @@ from k8s.decide import GuardrailReadings
 from k8s.sources.prometheus import GuardrailQueries, PrometheusAPI, PrometheusGuardrails
 from k8s.state import Pair
 from kingmaker.settings import MlflowSettings
-from tests.conftest import kingmaker
+from tests.conftest import SYNTHETIC_POINT, kingmaker
 from tests.integration.bentos_support import start_serve, transactions, write_matured_traffic
 from tests.integration.prometheus_support import FakeRouter
 from tests.integration.prometheus_support import prometheus as local_prometheus
@@ -109,7 +109,7 @@ def policy(home: Path) -> Path:
     doc = {"apiVersion": "kingmaker.io/v1alpha1", "kind": "ChampionChallenger", "metadata": {"name": MODEL},
            "spec": {"modelName": MODEL, "traffic": {"mode": "shadow", "challengerWeight": 0.1},
                     "policy": {"labelDelaySeconds": 3600, "minLabelledPerArm": 1000, "minPositivesPerArm": 15,
-                               "evaluationIntervalSeconds": 10}}}
+                               "evaluationIntervalSeconds": 10, **SYNTHETIC_POINT}}}
     path = home / "promotion.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path

@@ -39,7 +39,7 @@ from bentos.procs import free_port
 from kingmaker.localstack import ServingTargets
 from kingmaker.settings import MlflowSettings
 from monitoring import boards, generate, ruleset
-from tests.conftest import kingmaker
+from tests.conftest import SYNTHETIC_POINT, kingmaker
 from tests.integration.bentos_support import start_serve, wait_until, write_matured_traffic
 from tests.integration.prometheus_support import PrometheusHTTP, prometheus, pushgateway, running
 from training.data import synthetic
@@ -118,7 +118,7 @@ def test_every_panel_of_every_dashboard_shows_data(trained_home: Path, tmp_path:
         "apiVersion": "kingmaker.io/v1alpha1", "kind": "ChampionChallenger", "metadata": {"name": NAME},
         "spec": {"modelName": NAME, "traffic": {"mode": "split", "challengerWeight": 0.5},
                  "policy": {"labelDelaySeconds": 3600, "minLabelledPerArm": 1000, "minPositivesPerArm": 15,
-                            "evaluationIntervalSeconds": 10,
+                            "evaluationIntervalSeconds": 10, **SYNTHETIC_POINT,
                             # generous latency and score-PSI bars: two different model families on 2 busy cores
                             "guardrails": {"maxErrorRate": 0.05, "maxP99LatencySeconds": 2.0, "maxScorePsi": 5.0}}}}))
     drift_args = ("--no-mlflow-log", "--min-rows", "100", "--pushgateway-label", f"championchallenger={NAME}",

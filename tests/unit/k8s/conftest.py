@@ -34,6 +34,7 @@ from k8s.state import Arms, Pair, Spec, Status, Traffic
 from kingmaker import logs
 from kingmaker.roles import Mode
 from kingmaker.settings import MlflowSettings
+from tests.conftest import SYNTHETIC_POINT
 
 from .fake_kube import NS, FakeApiServer
 
@@ -78,9 +79,6 @@ def observations(champion: ArmRows, challenger: ArmRows, *, mode: Mode = Mode.SH
                         champion=champion, challenger=challenger, guardrails=guardrails, drift=drift)
 
 
-#: The test worlds have ~2% fraud: they state the operating point they were built for (the defaults are the
-#: credit card's 0.3% alert rate and 0.1% FPR, `kingmaker.objective`).
-SYNTHETIC_POINT = {"alertRate": 0.02, "fpr": 0.01}
 
 
 def policy(**spec: object) -> Policy:

@@ -15,6 +15,7 @@ import yaml
 
 from k8s.sources.registry import MlflowRegistry
 from kingmaker.cli import main
+from tests.conftest import SYNTHETIC_POINT
 
 from .conftest import Home, query_api, traffic_frame
 from .sources.test_drift import drift_result
@@ -32,7 +33,7 @@ def policy_file(home: Home, **policy: Any) -> Path:
     doc = {"apiVersion": "kingmaker.io/v1alpha1", "kind": "ChampionChallenger", "metadata": {"name": "fraud-detector"},
            "spec": {"modelName": "fraud-detector", "traffic": {"mode": "shadow", "challengerWeight": 0.2},
                     "policy": {"labelDelaySeconds": 3600, "minLabelledPerArm": 500, "minPositivesPerArm": 10,
-                               **policy}}}
+                               **SYNTHETIC_POINT, **policy}}}
     path = home.root / "policy.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path

@@ -30,6 +30,7 @@ from k8s.state import Arms, Status
 from kingmaker import router_config
 from kingmaker.errors import PermanentError, TemporaryError
 from kingmaker.roles import Mode
+from tests.conftest import SYNTHETIC_POINT
 
 from .conftest import T0, Home, sources, traffic_frame
 from .fake_kube import NS, FakeApiServer, deployment, router_configmap
@@ -43,7 +44,7 @@ def cr(**policy: Any) -> dict[str, Any]:
     doc = copy.deepcopy(EXAMPLE)
     doc["spec"]["traffic"] = {"challengerWeight": 0.1, "mode": "shadow"}
     doc["spec"]["policy"] = {"labelDelaySeconds": 3600, "minLabelledPerArm": 500, "minPositivesPerArm": 10,
-                             "approval": "automatic", **policy}
+                             "approval": "automatic", **SYNTHETIC_POINT, **policy}
     return doc
 
 

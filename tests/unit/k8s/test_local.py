@@ -24,6 +24,7 @@ from kingmaker import router_config
 from kingmaker.catalog import CATALOG
 from kingmaker.errors import PermanentError, TemporaryError
 from kingmaker.roles import Mode
+from tests.conftest import SYNTHETIC_POINT
 
 from .conftest import MODEL, T0, Boom, Home, sources, spec, traffic_frame
 
@@ -137,7 +138,7 @@ def write_policy(path: Path, *, name: str = MODEL, model: str = MODEL, mode: str
     """A ChampionChallenger YAML (shadow mode unless told), written as editors do: a new file renamed over the old."""
     doc = {"apiVersion": "kingmaker.io/v1alpha1", "kind": "ChampionChallenger", "metadata": {"name": name},
            "spec": {"modelName": model, "traffic": {"mode": mode, "challengerWeight": 0.1},
-                    "policy": {"labelDelaySeconds": 3600, "minPositivesPerArm": 10, **policy}}}
+                    "policy": {"labelDelaySeconds": 3600, "minPositivesPerArm": 10, **SYNTHETIC_POINT, **policy}}}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(yaml.safe_dump(doc))
     tmp.replace(path)

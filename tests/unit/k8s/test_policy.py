@@ -15,7 +15,7 @@ from kingmaker.errors import PermanentError
 def test_the_example_resource_parses_into_a_policy(example: dict) -> None:
     p = parse_policy(example["spec"]["policy"])
     assert p == Policy(
-        criterion=Criterion.EXPECTED_COST, alert_rate=0.02,
+        criterion=Criterion.EXPECTED_COST, alert_rate=0.003,
         cost=CostMatrix(review_cost=5.0, missed_fraud_cost=100.0, amount_feature="Amount", amount_cap=500.0),
         label_delay_seconds=604800, min_labelled_per_arm=1000, min_positives_per_arm=20, alpha=0.05,
         guardrails=Guardrails(0.01, 0.25, 0.25), approval=Approval.MANUAL, evaluation_interval_seconds=300,
