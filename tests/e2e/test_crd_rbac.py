@@ -61,7 +61,7 @@ def test_a_championchallenger_is_defaulted_validated_and_has_a_status_subresourc
         created = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _example("fraud"))
         policy = created["spec"]["policy"]
         # Schema defaults for keys the example leaves out, filled in by the API server.
-        assert (policy["fpr"], policy["horizonPerArm"], policy["plannedAnalyses"]) == (0.01, 50000, 10)
+        assert (policy["fpr"], policy["horizonPerArm"], policy["plannedAnalyses"]) == (0.001, 50000, 10)
         assert created["metadata"]["generation"] == 1
 
         status = {"phase": "Evaluating", "championVersion": "1", "challengerVersion": "2", "looks": 1}
