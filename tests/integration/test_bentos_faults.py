@@ -17,9 +17,11 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+import yaml
 
 from bentos.routing import choose_arm
 from kingmaker import logs
+from tests.conftest import PATIENT
 
 from .bentos_support import fire, serving_stack, start_serve, transactions, wait_until
 
@@ -185,11 +187,15 @@ def test_the_supervisor_restarts_a_killed_scorer_while_the_router_answers(servin
         def arm_answers(arm: str, fallback: bool, since: int) -> int:
             return sum(1 for _, a in load.answers[since:] if a["arm"] == arm and a["fallback"] is fallback)
 
+        # Patient arm timeouts: on a busy machine a challenger that also scores the champion's rows (pairing) can
+        # take longer than 300 ms, and a timed-out challenger with the champion down is a 503 by design.
+        config = home / "serving" / "router.yaml"
+        config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), **PATIENT}, sort_keys=False))
+        time.sleep(1.5)  # re-read within a second
         load.start()
         wait_until(lambda: arm_answers("challenger", False, 0) >= 50, 60, "challenger answers")
         for arm, stand_in in (("challenger", "champion"), ("champion", "challenger")):
             if arm == "champion":
-                config = home / "serving" / "router.yaml"
                 config.write_text(config.read_text().replace("champion_fallback: none", "champion_fallback: challenger"))
                 time.sleep(1.5)  # re-read within a second
             port = int(urls[arm].rsplit(":", 1)[1])
@@ -214,6 +220,7 @@ def test_the_supervisor_restarts_a_killed_scorer_while_the_router_answers(servin
         reader.join(timeout=10)
     out = "".join(lines)
     for arm in ("challenger", "champion"):
-        assert re.search(rf"{arm} scorer exited unexpectedly \(code -9\); restarting it in 1s \(restart 1\)", out), out
+        assert re.search(rf"{arm} scorer exited unexpectedly \(code -9(, \d+ orphaned worker\(s\) killed)?\); "
+                         r"restarting it in 1s \(restart 1\)", out), out
         assert f"restarting {arm} scorer on {urls[arm]}" in out
     assert serve.returncode == 0, out
