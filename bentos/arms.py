@@ -333,9 +333,10 @@ class ArmPool:
         return answers
 
     def describe(self) -> dict[str, Any]:
-        """Each arm's circuit and model (name, version, alias; None before it has answered), for ``/routing``:
-        what a client may know, not where the arms are."""
+        """Each arm's circuit and model (name, version, alias and the features a request must carry; None before
+        it has answered), for ``/routing``: what a client may know, not where the arms are."""
         return {arm.value: {"circuit_open": c.breaker.is_open,
-                            "model": c.info.model_dump(include={"model_name", "model_version", "alias"})
+                            "model": c.info.model_dump(include={"model_name", "model_version", "alias", "features",
+                                                                "feature_types"})
                             if c.info else None}
                 for arm, c in self.clients.items()}

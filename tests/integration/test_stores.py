@@ -330,7 +330,7 @@ def test_serving_loads_both_arms_through_the_server_and_logs_to_s3_and_drift_rea
            "KINGMAKER_LABELS_URL": labels, "KINGMAKER_LOG_FLUSH_ROWS": "100000", "KINGMAKER_LOG_FLUSH_SECONDS": "3"}
     bodies = transactions(1300, seed=11)
     first, last = bodies[:1200], bodies[1200:]
-    with serving_stack(tmp_path / "home", tmp_path, {"mode": "split", "challenger_weight": 0.5}, env=env) as stack:
+    with serving_stack(tmp_path / "home", tmp_path, {"mode": "split", "challenger_weight": 0.5, "pairing": "off"}, env=env) as stack:
         for scorer, version in ((stack.champion, "1"), (stack.challenger, "2")):
             assert scorer is not None
             info = httpx.post(f"{scorer.url}/info", json={}, timeout=10).json()
@@ -381,7 +381,7 @@ def test_two_router_replicas_write_one_s3_log_without_clobbering(
            "KINGMAKER_LABELS_URL": f"{s3_prefix}/labels", "KINGMAKER_LOG_FLUSH_ROWS": "50",
            "KINGMAKER_LOG_FLUSH_SECONDS": "0.5"}
     bodies = transactions(1200, seed=21)
-    with serving_stack(tmp_path / "home", tmp_path, {"mode": "split", "challenger_weight": 0.5}, env=env) as stack:
+    with serving_stack(tmp_path / "home", tmp_path, {"mode": "split", "challenger_weight": 0.5, "pairing": "off"}, env=env) as stack:
         assert stack.challenger is not None
         second = procs.router(procs.free_port(), stack.champion.url, stack.challenger.url, config=stack.config,
                               env={**service_env(tmp_path / "home", tmp_path), **env,

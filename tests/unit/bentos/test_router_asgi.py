@@ -17,7 +17,7 @@ import yaml
 from bentos.routing import choose_arm
 from kingmaker import logs
 
-from .conftest import Registry, both_arms, free_port, router, row, stub_arm, wait_ready
+from .conftest import FEATURES, Registry, both_arms, free_port, router, row, stub_arm, wait_ready
 
 pytestmark = pytest.mark.anyio
 
@@ -451,7 +451,8 @@ async def test_arms_follow_urls_in_the_config_file(scorer_env: Registry, monkeyp
                 break
             await asyncio.sleep(0.02)
         assert routing["arms"]["challenger"]["model"] == {"model_name": "fraud-detector", "model_version": "3",
-                                                          "alias": "challenger"}
+                                                          "alias": "challenger", "features": FEATURES,
+                                                          "feature_types": ["double"] * len(FEATURES)}
         assert "url" not in routing["arms"]["challenger"] and "http://" not in str(routing)  # no internals
         h.config_path.write_text(yaml.safe_dump({"mode": "split", "salt": "test", "challenger_weight": 1.0,
                                                  "challenger_url": ""}))
