@@ -60,16 +60,21 @@ def _update_config(path: Path, **changes: object) -> None:
     router_config.update(path, source="kingmaker serve", **changes)
 
 
-def _feedback_token(home: Path) -> tuple[dict[str, str], str]:
-    """Env for the Router's /feedback tokens: the caller's, else a generated token file (mode 0600)."""
-    if os.environ.get("KINGMAKER_FEEDBACK_TOKEN") or os.environ.get("KINGMAKER_FEEDBACK_TOKEN_FILE"):
-        return {}, "from KINGMAKER_FEEDBACK_TOKEN(_FILE)"
-    path = home / "serving" / "feedback-token"
+def _token_file(path: Path) -> Path:
+    """A generated bearer token in ``path`` (mode 0600), created once and kept across runs."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_urlsafe(32) + "\n")
+    return path
+
+
+def _feedback_token(home: Path) -> tuple[dict[str, str], str]:
+    """Env for the Router's /feedback tokens: the caller's, else a generated token file (mode 0600)."""
+    if os.environ.get("KINGMAKER_FEEDBACK_TOKEN") or os.environ.get("KINGMAKER_FEEDBACK_TOKEN_FILE"):
+        return {}, "from KINGMAKER_FEEDBACK_TOKEN(_FILE)"
+    path = _token_file(home / "serving" / "feedback-token")
     return {"KINGMAKER_FEEDBACK_TOKEN_FILE": str(path)}, f"in {path}"
 
 
@@ -80,12 +85,7 @@ def _arm_token(home: Path) -> tuple[dict[str, str], str | None]:
         return {}, "from KINGMAKER_ARM_TOKEN(_FILE)"
     if not (os.environ.get("KINGMAKER_SCORING_TOKEN") or os.environ.get("KINGMAKER_SCORING_TOKEN_FILE")):
         return {}, None
-    path = home / "serving" / "arm-token"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_urlsafe(32) + "\n")
+    path = _token_file(home / "serving" / "arm-token")
     return {"KINGMAKER_ARM_TOKEN_FILE": str(path)}, f"in {path}"
 
 
