@@ -73,12 +73,19 @@ def paired_cost_difference(y: npt.ArrayLike, alert: npt.ArrayLike, baseline_aler
                            seed: int = 0) -> dict[str, float]:
     """Cost per 1,000 of ``alert`` minus that of ``baseline_alert`` on the same transactions (negative: cheaper),
     with a paired bootstrap 95% interval (rows resampled, both decisions kept together)."""
-    d = objective.row_costs(y, alert, amounts) - objective.row_costs(y, baseline_alert, amounts)
-    out = {"diff_per_1k": float(1000.0 * d.mean()), "baseline_per_1k": float(
-        1000.0 * objective.row_costs(y, baseline_alert, amounts).mean()), "discordant_rows": float((d != 0).sum())}
+    baseline = objective.row_costs(y, baseline_alert, amounts)
+    d = objective.row_costs(y, alert, amounts) - baseline
+    out = {"diff_per_1k": float(1000.0 * d.mean()), "baseline_per_1k": float(1000.0 * baseline.mean()),
+           "discordant_rows": float((d != 0).sum())}
     if n_boot > 0:
-        rng = np.random.default_rng(seed)
-        n = len(d)
-        means = np.array([d[rng.integers(0, n, n)].mean() for _ in range(n_boot)])
-        out["ci_low"], out["ci_high"] = (float(1000.0 * q) for q in np.quantile(means, [0.025, 0.975]))
+        out["ci_low"], out["ci_high"] = (1000.0 * q for q in bootstrap_mean_ci(d, n_boot, seed))
     return out
+
+
+def bootstrap_mean_ci(d: npt.NDArray[np.float64], n_boot: int, seed: int) -> tuple[float, float]:
+    """A 95% bootstrap interval for the mean of the per-row differences ``d`` (rows resampled)."""
+    rng = np.random.default_rng(seed)
+    n = len(d)
+    means = np.array([d[rng.integers(0, n, n)].mean() for _ in range(n_boot)])
+    low, high = np.quantile(means, [0.025, 0.975])
+    return float(low), float(high)

@@ -27,6 +27,7 @@ import pandas as pd
 from kingmaker import logs, maturity
 from kingmaker.errors import PermanentError
 from kingmaker.objective import Objective
+from training.operating import bootstrap_mean_ci
 
 LABEL = "label"
 ID = "request_id"
@@ -115,9 +116,7 @@ class Gate:
 def decision_costs(y: npt.NDArray[np.int8], score: npt.NDArray[np.float64], threshold: float, costs: Objective,
                    amounts: npt.NDArray[np.float64] | None = None) -> npt.NDArray[np.float64]:
     """Per transaction, what the model's decision costs: a review when it alerts, the miss cost for a missed fraud."""
-    alert = score >= threshold
-    miss = costs.miss_costs(len(y), amounts)
-    return np.where(alert, costs.review_cost, np.where(y.astype(bool), miss, 0.0))
+    return costs.row_costs(y, score >= threshold, amounts)
 
 
 def gate(y: npt.NDArray[np.int8], champion: npt.NDArray[np.float64], candidate: npt.NDArray[np.float64], *,
@@ -126,9 +125,7 @@ def gate(y: npt.NDArray[np.int8], champion: npt.NDArray[np.float64], candidate: 
     if len(y) == 0 or not (len(y) == len(champion) == len(candidate)):
         raise PermanentError("the gate window is empty or the scores do not match its rows")
     diff = candidate - champion
-    rng = np.random.default_rng(seed)
-    boots = np.array([diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(n_boot)])
-    low, high = np.quantile(boots, [0.025, 0.975])
+    low, high = bootstrap_mean_ci(diff, n_boot, seed)
     return Gate(champion_cost=1000.0 * float(champion.mean()), candidate_cost=1000.0 * float(candidate.mean()),
-                difference=1000.0 * float(diff.mean()), ci_low=1000.0 * float(low), ci_high=1000.0 * float(high),
+                difference=1000.0 * float(diff.mean()), ci_low=1000.0 * low, ci_high=1000.0 * high,
                 margin=margin, rows=len(y), frauds=int(np.asarray(y).sum()))
