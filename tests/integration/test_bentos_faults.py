@@ -23,10 +23,20 @@ from bentos.routing import choose_arm
 from kingmaker import logs
 from tests.conftest import PATIENT
 
-from .bentos_support import fire, serving_stack, start_serve, transactions, wait_until
+from .bentos_support import Outcome, fire, serving_stack, start_serve, transactions, wait_until
 
 pytestmark = pytest.mark.integration
 ENOUGH = 500  # answers before the Router is stopped or killed under load
+
+
+def assert_every_answer_logged_once(predictions_url: str, answered: set[str], outcomes: list[Outcome]) -> None:
+    """Every answered request id has its served row in the log, once; nothing is logged that was not sent."""
+    log = logs.read_predictions(predictions_url)
+    served = log[log["served"]]  # with pairing the other arm's rows are there too (off the path: not guaranteed)
+    missing = answered - set(served["request_id"])
+    assert not missing, f"{len(missing)} answered requests are not in the log, e.g. {sorted(missing)[:3]}"
+    assert served["request_id"].is_unique
+    assert set(log["request_id"]) <= {o.body["request_id"] for o in outcomes}
 
 
 def test_killing_the_challenger_mid_run_fails_no_request(serving_home: Path, tmp_path: Path) -> None:
@@ -73,13 +83,7 @@ def test_sigterm_under_load_loses_no_logged_row(serving_home: Path, tmp_path: Pa
     answered = {o.body["request_id"] for o in outcomes if o.status == 200}
     assert len(answered) >= ENOUGH, f"only {len(answered)} answers before the stop"
     assert code == 0, f"router exited with {code}"
-    log = logs.read_predictions(stack.predictions_url)
-    served = log[log["served"]]  # with pairing the other arm's rows are there too (off the path: not guaranteed)
-    missing = answered - set(served["request_id"])
-    assert not missing, f"{len(missing)} answered requests are not in the log, e.g. {sorted(missing)[:3]}"
-    assert served["request_id"].is_unique
-    # nothing is logged that was not scored: every logged id was sent
-    assert set(log["request_id"]) <= {o.body["request_id"] for o in outcomes}
+    assert_every_answer_logged_once(stack.predictions_url, answered, outcomes)
 
 
 def test_champion_down_is_a_503_with_retry_after(serving_home: Path, tmp_path: Path) -> None:
@@ -118,12 +122,7 @@ def test_sigkill_of_the_router_under_load_loses_no_answered_row(serving_home: Pa
         stack.router.stop()
     assert len(answered) >= ENOUGH, f"only {len(answered)} answers before the kill"
     assert lost_without_segments == len(answered)  # nothing had reached the dataset: the crash lost the buffer
-    log = logs.read_predictions(stack.predictions_url)
-    served = log[log["served"]]  # with pairing the other arm's rows are there too (off the path: not guaranteed)
-    missing = answered - set(served["request_id"])
-    assert not missing, f"{len(missing)} answered requests are not in the log, e.g. {sorted(missing)[:3]}"
-    assert served["request_id"].is_unique
-    assert set(log["request_id"]) <= {o.body["request_id"] for o in outcomes}
+    assert_every_answer_logged_once(stack.predictions_url, answered, outcomes)
     assert list(Path(tmp_path / "segments").glob("*.seg")) == []
 
 
