@@ -236,7 +236,9 @@ def test_every_panel_of_every_dashboard_shows_data(trained_home: Path, tmp_path:
         # each serving process exposes its own metrics only (one Prometheus multiprocess folder per process)
         router_text = httpx.get(f"{router}/metrics").text
         assert "kingmaker_router_requests_total" in router_text and "kingmaker_scorer_" not in router_text
-        assert traffic.codes.get(200, 0) > 300
+        # clients were answered throughout; the 503s are the deliberate champion timeout of step 1 (a count of
+        # answers would only measure how long the run took)
+        assert set(traffic.codes) == {200, 503} and traffic.codes[200] > 5 * traffic.codes[503], traffic.codes
 
     print(f"\nmonitoring integration: {checked} dashboard queries checked; firing: "
           f"{sorted(a['alertname'] for a in firing)}; timings (s since start): "
