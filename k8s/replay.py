@@ -61,13 +61,12 @@ def load(path: Path | None = None, log: bool = True) -> RealScores:
     path = path or cache_path()
     if not path.exists():
         from training.candidates import CANDIDATES
-        from training.data import load_creditcard
+        from training.data import load_creditcard, time_cut
 
         data = load_creditcard()
-        assert data.time_column is not None and data.amount_column is not None
-        order = np.argsort(data.frame[data.time_column].to_numpy(), kind="stable")
-        cut = round(len(order) * TRAIN_SHARE)
-        train, test = order[:cut], order[cut:]
+        assert data.amount_column is not None
+        train, test = time_cut(data, 1 - TRAIN_SHARE, "the replay needs the credit card's Time")
+        cut = len(train)
         x, y = data.x, data.y
         imbalance = float((y[train] == 0).sum() / (y[train] == 1).sum())
         arrays = {"labels": y[test] == 1, "amounts": data.frame[data.amount_column].to_numpy(np.float64)[test]}

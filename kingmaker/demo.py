@@ -116,18 +116,15 @@ def time_split(ds: Dataset, fraction: float, replay_rows: int | None, train_rows
     given), the latest ``fraction`` (its first ``replay_rows``) for the replay."""
     import numpy as np
 
-    from training.data import stratified_sample
+    from training.data import stratified_sample, time_cut
 
-    if ds.time_column is None:
-        raise PermanentError(f"{ds.name} has no time column: the demo replays in time order")
     if not 0.0 < fraction < 1.0:
         raise PermanentError(f"--replay-fraction must be between 0 and 1, got {fraction}")
-    order = np.argsort(ds.frame[ds.time_column].to_numpy(), kind="stable")
-    cut = round(len(order) * (1 - fraction))
-    train = ds.subset(np.sort(order[:cut]))
+    earliest, latest = time_cut(ds, fraction, "the demo replays in time order")
+    train = ds.subset(np.sort(earliest))
     if train_rows is not None and train_rows < len(train.frame):
         train = train.subset(stratified_sample(train.y, train_rows, seed))
-    replay = ds.frame.iloc[order[cut:]]
+    replay = ds.frame.iloc[latest]
     if replay_rows is not None:
         replay = replay.iloc[:replay_rows]
     return Split(train, replay.reset_index(drop=True))

@@ -73,6 +73,16 @@ def load_creditcard(rows: int | None = None, seed: int = 0) -> Dataset:
     return ds
 
 
+def time_cut(ds: Dataset, latest_share: float, hint: str) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of the earliest ``1 - latest_share`` and the latest ``latest_share`` of ``ds`` by its time
+    column, each in time order (ties keep their file order). ``hint`` ends the error when there is no time column."""
+    if ds.time_column is None:
+        raise PermanentError(f"{ds.name} has no time column: {hint}")
+    order = np.argsort(ds.frame[ds.time_column].to_numpy(), kind="stable")
+    cut = round(len(order) * (1 - latest_share))
+    return order[:cut], order[cut:]
+
+
 def stratified_sample(y: np.ndarray, rows: int, seed: int) -> np.ndarray:
     """Row indices of a sample of ``rows`` keeping the class ratio (at least 2 of each class)."""
     rng = np.random.default_rng(seed)

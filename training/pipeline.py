@@ -32,7 +32,7 @@ from kingmaker.settings import MlflowSettings
 from training import candidates as cand
 from training import metrics, operating, plots, registry
 from training.candidates import CandidateResult
-from training.data import Dataset
+from training.data import Dataset, time_cut
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +73,8 @@ def split(ds: Dataset, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
     """(train indices, test indices)."""
     idx = np.arange(len(ds.frame))
     if cfg.split == "time":
-        if ds.time_column is None:
-            raise PermanentError(f"{ds.name} has no time column: use --split stratified")
-        order = np.argsort(ds.frame[ds.time_column].to_numpy(), kind="stable")
-        cut = round(len(order) * (1 - cfg.test_size))
-        return np.sort(order[:cut]), np.sort(order[cut:])
+        train, test = time_cut(ds, cfg.test_size, "use --split stratified")
+        return np.sort(train), np.sort(test)
     train, test = train_test_split(idx, test_size=cfg.test_size, stratify=ds.y, random_state=cfg.seed)
     return np.sort(train), np.sort(test)
 
