@@ -16,6 +16,9 @@ labelled transactions up to ``--transactions``, ``--runs`` seeded experiments pe
 * for each power cell, the labels the always-valid test needs for 80 % power and the same for a
   fixed-horizon one-sided z-test of the same gains (planned for one look, not allowed to peek), and
   their ratio;
+* each expected-cost power cell again with a **planned horizon** (``plannedLabels`` = the labels its z-test
+  needs for 80 % power, as a power calculation would give; same seeds, so the same gains), the A/A cells
+  of the same data and mode with that plan, and the synthetic shadow cell with wrong plans (1/4 and 4x);
 * **real data** (`k8s.replay`): bootstrap replays of the latest 40 % of the credit-card set, scored by
   XGBoost models trained on the earliest 60 %, at the preregistered operating point (alert rate 0.3 %,
   twice the fraud rate rounded; review cost 5, missed fraud 100): A/A per mode, and champions made worse
@@ -31,6 +34,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import platform
 import time
@@ -62,6 +66,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 POWER_AT = 50_000
 #: real-data operating point, fixed before measuring (expected cost, 2 x the 0.17 % fraud rate, rounded)
 REAL_ALERT_RATE = 0.003
+#: wrong plans measured: plannedLabels at these multiples of the labels the z-test needs
+MISPLANNED = (0.25, 4.0)
 #: logit noise added to the champion in the real-data power cells (measured cost steps)
 REAL_STEPS = (3.0, 3.5)
 
@@ -172,18 +178,51 @@ def run(args: argparse.Namespace) -> int:
         cells += [real_cell(f"power_split_noise{REAL_STEPS[-1]:g}", worse, xgb, paired=False),
                   real_cell(f"power_paired_split_noise{REAL_STEPS[-1]:g}", worse, xgb, paired=False, pairing=1.0)]
 
-    total = sum(args.real_runs if c.data == "real" else args.runs for c in cells)
-    print(f"{len(cells)} cells, {total} runs: looks every {args.look_every} up to {args.transactions} (synthetic) "
-          f"/ {args.real_transactions} (real) labelled transactions; {os.cpu_count()} CPU(s)")
     results: dict[str, Experiments] = {}
     seconds: dict[str, float] = {}
-    with tqdm(total=total, desc="promotion experiments", unit="run") as bar:
-        for i, c in enumerate(cells):
-            started = time.perf_counter()
-            results[c.name] = simulate(c.setup, c.policy, args.real_runs if c.data == "real" else args.runs,
-                                       args.seed + i, chunk=50 if c.data == "synthetic" else 20,
-                                       fixed_rule_margin=args.fixed_margin, progress=bar.update, traffic=c.traffic)
-            seconds[c.name] = time.perf_counter() - started
+    seeds = {c.name: args.seed + i for i, c in enumerate(cells)}
+
+    def experiments(todo: list[Cell], what: str) -> None:
+        total = sum(args.real_runs if c.data == "real" else args.runs for c in todo)
+        print(f"{len(todo)} cells, {total} runs ({what}): looks every {args.look_every} up to {args.transactions} "
+              f"(synthetic) / {args.real_transactions} (real) labelled transactions; {os.cpu_count()} CPU(s)")
+        with tqdm(total=total, desc=f"promotion experiments, {what}", unit="run") as bar:
+            for c in todo:
+                started = time.perf_counter()
+                results[c.name] = simulate(c.setup, c.policy, args.real_runs if c.data == "real" else args.runs,
+                                           seeds[c.name], chunk=50 if c.data == "synthetic" else 20,
+                                           fixed_rule_margin=args.fixed_margin, progress=bar.update, traffic=c.traffic)
+                seconds[c.name] = time.perf_counter() - started
+
+    experiments(cells, "unplanned")
+    # The planned horizon (policy.plannedLabels), set as a power calculation would: each expected-cost power cell
+    # again on its own seed (the same traffic, so the same gains), planned at the labels its fixed-horizon z-test
+    # needs for 80 % power, rounded up to 100; each A/A cell of the same data and mode with the smallest such plan,
+    # so the level is checked under the very bets that buy the power.
+    plans: dict[str, int] = {}
+    for c in cells:
+        z80 = labels_for_power(results[c.name].z_power(), c.setup.looks)
+        if c.name.startswith(("power_", "real_power_")) and c.policy.criterion is Criterion.EXPECTED_COST \
+                and c.setup.challenger_weight == 0.1 and "rho" not in c.name and z80 is not None:
+            plans[c.name] = 100 * math.ceil(z80 / 100)
+    planned = [dataclasses.replace(c, name=f"{c.name}_planned",
+                                   policy=dataclasses.replace(c.policy, planned_labels=plans[c.name])) for c in cells
+               if c.name in plans]
+    for c in cells:
+        same = [plans[p.name] for p in cells if p.name in plans and p.data == c.data and p.setup.mode == c.setup.mode
+                and p.policy.cost == c.policy.cost]
+        if c.name.startswith(("aa_", "real_aa_")) and c.policy.criterion is Criterion.EXPECTED_COST and same \
+                and c.setup.challenger_weight == 0.1:
+            planned.append(dataclasses.replace(c, name=f"{c.name}_planned",
+                                               policy=dataclasses.replace(c.policy, planned_labels=min(same))))
+    # ... and what a wrong plan costs: the synthetic shadow power cell planned at a quarter and at 4x its z-test n
+    if "power_shadow" in plans:
+        c = next(c for c in cells if c.name == "power_shadow")
+        planned += [dataclasses.replace(c, name=f"power_shadow_misplanned_x{m:g}_planned", policy=dataclasses.replace(
+            c.policy, planned_labels=100 * math.ceil(m * plans[c.name] / 100))) for m in MISPLANNED]
+    seeds.update({c.name: seeds[c.name.removesuffix("_planned").split("_misplanned")[0]] for c in planned})
+    experiments(planned, "planned horizon")
+    cells += planned
 
     looks = np.arange(args.look_every, args.transactions + 1, args.look_every)
 
@@ -199,6 +238,7 @@ def run(args: argparse.Namespace) -> int:
             "pairing": c.setup.pairing, "transactions": c.setup.transactions,
             "correlation": c.setup.scenario.correlation if c.data == "synthetic" else None,
             "criterion": c.policy.criterion.value, "alert_rate": c.policy.alert_rate,
+            "planned_labels": c.policy.planned_labels,
             "amount_based_cost": c.policy.cost.amount_feature is not None,
             "champion_cost_per_1k": c.champion_cost, "challenger_cost_per_1k": c.challenger_cost,
             "effect": 1 - c.challenger_cost / c.champion_cost,
@@ -283,9 +323,9 @@ def readme_table(numbers: dict[str, dict[str, Any]]) -> str:
     def num(x: float | None) -> str:
         return "–" if x is None else f"{x:,.0f}"
 
-    rows = ["| data | mode | challenger cheaper by | promoted by 50k | promoted (horizon) | median labels to promotion "
-            "| labels for 80 % power: test / z-test (ratio) | rolled back |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rows = ["| data | mode | challenger cheaper by | planned labels | promoted by 50k | promoted (horizon) "
+            "| median labels to promotion | labels for 80 % power: test / z-test (ratio) | rolled back |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in numbers.items():
         if r["criterion"] != "expected-cost" or r["amount_based_cost"] or r["challenger_weight"] != 0.1 \
                 or "rho" in name:
@@ -298,7 +338,7 @@ def readme_table(numbers: dict[str, dict[str, Any]]) -> str:
             f"({r['ratio_to_z_test']:.2f}x)")
         if not aa and r["labels_for_80pct_power"] is None and r["z_test_labels_for_80pct_power"] is not None:
             power = f"> {num(r['transactions'])} / {num(r['z_test_labels_for_80pct_power'])}"
-        rows.append(f"| {r['data']} | {mode} | {effect} | {pct(r[f'promoted_by_{POWER_AT}'])} | "
+        rows.append(f"| {r['data']} | {mode} | {effect} | {num(r['planned_labels'])} | {pct(r[f'promoted_by_{POWER_AT}'])} | "
                     f"{pct(r['promoted'])} of {num(r['transactions'])} | {num(r['median_transactions_to_promotion'])} | "
                     f"{power} | {pct(r['rolled_back'])} |")
     return "\n".join(rows)

@@ -46,7 +46,15 @@ from numpy.typing import NDArray
 
 from k8s import sequential
 from k8s.policy import Approval, Criterion, Policy
-from k8s.sequential import BettingResult, betting_test, pair_blocks, pr_auc_analysis, split_ratio, transaction_costs
+from k8s.sequential import (
+    BettingResult,
+    betting_test,
+    pair_blocks,
+    planned_observations,
+    pr_auc_analysis,
+    split_ratio,
+    transaction_costs,
+)
 from kingmaker import maturity
 from kingmaker.roles import Mode
 
@@ -450,18 +458,20 @@ def _betting(a: Matured, b: Matured, paired: bool, challenger_weight: float, pol
     va, ta, fa = criterion_values(a.score, a.label, _missed(a, policy), policy)
     vb, tb, fb = criterion_values(b.score, b.label, _missed(b, policy), policy)
     scale = gain_scale(policy, paired)
+    ratio = None if paired else split_ratio(challenger_weight)
     if paired:
         both = ta & tb
         gains = (vb[both] - va[both]) / scale
         rows_a = rows_b = both
     else:
-        ka, kb = split_ratio(challenger_weight)
-        a_mean, b_mean = pair_blocks(va[ta][None, :], vb[tb][None, :], (ka, kb))
+        assert ratio is not None
+        ka, kb = ratio
+        a_mean, b_mean = pair_blocks(va[ta][None, :], vb[tb][None, :], ratio)
         gains = (b_mean[0] - a_mean[0]) / scale
         # the rows that made the pairs
         rows_a = ta & (np.cumsum(ta) <= a_mean.shape[1] * ka)
         rows_b = tb & (np.cumsum(tb) <= b_mean.shape[1] * kb)
-    result = betting_test(gains, policy.alpha)
+    result = betting_test(gains, policy.alpha, planned_observations(policy.planned_labels, ratio))
     frauds = int(a.label[rows_a].sum() + (0 if paired else b.label[rows_b].sum()))
     if policy.criterion is Criterion.EXPECTED_COST:
         # per-arm estimates: plain cost; the difference and its interval: the test's corrected cost

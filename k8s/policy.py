@@ -88,6 +88,11 @@ class Policy:
         default=50_000, metadata=_doc("pr-auc: labelled samples per arm at the last planned analysis"))
     planned_analyses: int = field(
         default=10, metadata=_doc("pr-auc: number of equally spaced O'Brien-Fleming analyses"))
+    planned_labels: int | None = field(
+        default=None, metadata=_doc("expected-cost and recall: the labelled transactions a fixed-horizon test would "
+                                    "need for the smallest effect worth detecting (a power calculation's n); the "
+                                    "sequential test then bets mostly for that horizon and needs ~1.4x it, where "
+                                    "an unplanned test needs ~1.7x; unset: bets spread evenly from 1k to 256k"))
     cost: CostMatrix = field(default_factory=CostMatrix, metadata=_doc("the cost matrix"))
     label_delay_seconds: int = field(
         default=7 * 24 * 3600, metadata=_doc("a transaction counts once this old; later labels are ignored"))
@@ -204,6 +209,8 @@ def parse_policy(raw: Any, *, path: str = "policy") -> Policy:
         fpr=_number(f"{path}.fpr", get("fpr", d.fpr), low=0.0, high=1.0, low_open=True, high_open=True),
         horizon_per_arm=_integer(f"{path}.horizonPerArm", get("horizonPerArm", d.horizon_per_arm), low=100),
         planned_analyses=_integer(f"{path}.plannedAnalyses", get("plannedAnalyses", d.planned_analyses), low=1),
+        planned_labels=(None if get("plannedLabels", None) is None
+                        else _integer(f"{path}.plannedLabels", get("plannedLabels", None), low=100)),
         cost=_parse_cost(f"{path}.cost", get("cost", {})),
         label_delay_seconds=_integer(f"{path}.labelDelaySeconds", get("labelDelaySeconds", d.label_delay_seconds),
                                      low=0),

@@ -28,7 +28,7 @@ from scipy import optimize, stats
 
 from k8s.decide import criterion_values, gain_scale
 from k8s.policy import CostMatrix, Criterion, Policy
-from k8s.sequential import log_wealth, pair_blocks, split_ratio, transaction_costs
+from k8s.sequential import log_wealth, pair_blocks, planned_observations, split_ratio, transaction_costs
 
 Floats = NDArray[np.float64]
 Bools = NDArray[np.bool_]
@@ -292,8 +292,9 @@ def run_experiments(traffic: Traffic, policy: Policy, looks: Ints, *, challenger
     full = (_arm_values(traffic.champion, policy), _arm_values(traffic.challenger, policy))
     g, pairs_before, _ = gains(traffic, policy, challenger_weight, (full[0][:2], full[1][:2]))
     bar = math.log(1.0 / policy.alpha)
-    best = _running_max(log_wealth(g, alpha=policy.alpha))
-    worst = _running_max(log_wealth(-g, alpha=policy.alpha))
+    planned = planned_observations(policy.planned_labels, None if traffic.paired else split_ratio(challenger_weight))
+    best = _running_max(log_wealth(g, alpha=policy.alpha, planned=planned))
+    worst = _running_max(log_wealth(-g, alpha=policy.alpha, planned=planned))
     z = z_statistic(g)
     z_bar = float(stats.norm.isf(policy.alpha))
     z_significant = np.zeros((g.shape[0], len(looks)), dtype=bool)

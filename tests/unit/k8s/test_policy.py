@@ -26,6 +26,12 @@ def test_the_example_resource_parses_into_a_policy(example: dict) -> None:
 def test_an_empty_policy_is_the_defaults() -> None:
     assert parse_policy({}) == Policy() == parse_policy(None)
     assert Policy().cost.bound == 100.0
+    assert Policy().planned_labels is None  # unplanned: the even mixture
+
+
+def test_a_planned_horizon_is_read() -> None:
+    assert parse_policy({"plannedLabels": 20_000}).planned_labels == 20_000
+    assert parse_policy({"plannedLabels": None}).planned_labels is None
 
 
 @pytest.mark.parametrize(("name", "key"), [("alert_rate", "alertRate"), ("max_p99_latency_seconds", "maxP99LatencySeconds"),
@@ -46,6 +52,8 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"labelDelaySeconds": True}, "policy.labelDelaySeconds: must be an integer, got True"),
     ({"evaluationIntervalSeconds": 1}, "policy.evaluationIntervalSeconds: must be >= 10, got 1"),
     ({"plannedAnalyses": 0}, "policy.plannedAnalyses: must be >= 1, got 0"),
+    ({"plannedLabels": 50}, "policy.plannedLabels: must be >= 100, got 50"),
+    ({"plannedLabels": "20k"}, "policy.plannedLabels: must be an integer, got '20k'"),
     ({"cost": {"missedFraudCost": 0}}, "policy.cost.missedFraudCost: must be > 0, got 0"),
     ({"cost": {"reviewCost": -1}}, "policy.cost.reviewCost: must be >= 0, got -1"),
     ({"cost": {"amountFeature": "Amount"}},

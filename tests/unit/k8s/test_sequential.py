@@ -22,6 +22,7 @@ from k8s.sequential import (
     obf_constant,
     p_value,
     pair_blocks,
+    planned_observations,
     pr_auc_analysis,
     recall_values,
     split_ratio,
@@ -30,18 +31,23 @@ from k8s.sequential import (
 
 # --- betting ---------------------------------------------------------------------------------------
 
-def _mixture_by_hand(gains: list[float], null: float = 0.0) -> list[float]:
-    """The docstring's formula written out row by row, in plain Python."""
-    horizons, caps = (1e3, 4e3, 16e3, 64e3, 256e3), (0.5, 0.5, 0.9, 0.9, 0.9)
-    wealth = [1.0] * 5
+def _mixture_by_hand(gains: list[float], null: float = 0.0, planned: float | None = None) -> list[float]:
+    """The docstring's formula written out row by row, in plain Python: five even components at alpha 0.05, or,
+    with a planned horizon, 0.06 each and 0.7 on a sixth tuned to 1.3 x planned at level 0.05 x 0.7."""
+    horizons, caps = [1e3, 4e3, 16e3, 64e3, 256e3], [0.5, 0.5, 0.9, 0.9, 0.9]
+    weights, bars = [0.2] * 5, [math.log(20)] * 5
+    if planned is not None:
+        horizons, caps = [*horizons, 1.3 * planned], [*caps, 0.9]
+        weights, bars = [0.06] * 5 + [0.7], [*bars, math.log(1 / 0.035)]
+    wealth = [1.0] * len(horizons)
     out, squares = [], 0.0
     for t, g in enumerate(gains, start=1):
         v = (squares + 1.0) / t  # earlier squared gains plus one pseudo-observation of 1
-        for k, (h, c) in enumerate(zip(horizons, caps, strict=True)):
-            lam = min(math.sqrt(2 * math.log(20) / (v * h)), c / (1 + null))
+        for k, (h, c, bar) in enumerate(zip(horizons, caps, bars, strict=True)):
+            lam = min(math.sqrt(2 * bar / (v * h)), c / (1 + null))
             wealth[k] *= 1 + lam * (g - null)
         squares += (g - null) ** 2
-        out.append(sum(wealth) / 5)
+        out.append(sum(w * x for w, x in zip(weights, wealth, strict=True)))
     return out
 
 
@@ -52,6 +58,25 @@ def test_log_wealth_by_hand() -> None:
     assert w[0] == pytest.approx(1 + 0.5 * first, abs=1e-12) == pytest.approx(1.014997, abs=1e-6)
     assert w == pytest.approx(_mixture_by_hand([0.5, 0.5, -0.2]), abs=1e-12)
     assert p_value(np.array([0.5, 0.5, -0.2]), alpha=0.05) == pytest.approx(1 / w.max(), abs=1e-12)
+
+
+def test_a_planned_horizon_adds_one_bettor_that_holds_most_of_the_wealth_by_hand() -> None:
+    # t=1: the planned bettor (h = 1.3 x 20,000 = 26,000, level 0.035) stakes sqrt(2 log(1/0.035) / 26,000) = 0.016058
+    # and holds 0.7 of the wealth; the five even ones hold 0.06 each: W1 = 1 + 0.5 (0.06 x 0.74987 + 0.7 x 0.016058)
+    g = [0.5, 0.5, -0.2, 0.3]
+    w = np.exp(log_wealth(np.array(g), alpha=0.05, planned=20_000))
+    planned_bet = math.sqrt(2 * math.log(1 / 0.035) / 26_000)
+    assert planned_bet == pytest.approx(0.016058, abs=1e-6)
+    even_bets = sum(math.sqrt(2 * math.log(20) / h) for h in (1e3, 4e3, 16e3, 64e3, 256e3))
+    assert w[0] == pytest.approx(1 + 0.5 * (0.06 * even_bets + 0.7 * planned_bet), abs=1e-12)
+    assert w == pytest.approx(_mixture_by_hand(g, planned=20_000), abs=1e-12)
+    assert p_value(np.array(g), alpha=0.05, planned=20_000) == pytest.approx(1 / w.max(), abs=1e-12)
+
+
+def test_planned_observations_are_transactions_paired_and_pairs_of_blocks_in_a_split() -> None:
+    assert planned_observations(None, None) is None
+    assert planned_observations(20_000, None) == 20_000
+    assert planned_observations(20_000, split_ratio(0.1)) == 2_000  # 9 champion + 1 challenger rows per pair
 
 
 def test_long_horizon_bets_hit_their_caps_after_a_run_of_tiny_gains() -> None:
@@ -95,6 +120,29 @@ def test_a_true_null_is_rejected_at_most_alpha_of_the_time_however_long_we_watch
     g = rng.choice([-1.0, -0.05, 0.0, 0.05, 1.0], p=[0.01, 0.02, 0.94, 0.02, 0.01], size=(1000, 3000))
     ever = (np.max(log_wealth(g, alpha=0.05), axis=1) >= math.log(20)).mean()
     assert ever <= 0.05
+
+
+def test_with_a_planned_horizon_a_true_null_is_still_rejected_at_most_alpha_of_the_time() -> None:
+    """The same null, planned right where the bets are largest: only the power moves, never the level."""
+    rng = np.random.default_rng(8)
+    g = rng.choice([-1.0, -0.05, 0.0, 0.05, 1.0], p=[0.01, 0.02, 0.94, 0.02, 0.01], size=(1000, 3000))
+    for planned in (500, 2_000):
+        assert (np.max(log_wealth(g, alpha=0.05, planned=planned), axis=1) >= math.log(20)).mean() <= 0.05
+
+
+def test_a_planned_horizon_near_the_fixed_tests_n_decides_sooner() -> None:
+    """Sparse gains of mean 0.004 (sd ~0.14): a one-sided z-test needs (2.486 x 0.1414 / 0.004)^2 ~ 7,700 for
+    80 % power. Planned there, the labels the sequential test needs for 80 % power fall by more than a tenth."""
+    rng = np.random.default_rng(5)
+    g = rng.choice([-0.5, 0.0, 0.5], p=[0.036, 0.92, 0.044], size=(300, 20_000))
+
+    def labels_for_80_percent(lw: np.ndarray) -> float:
+        crossed = np.maximum.accumulate(lw, axis=1) >= math.log(20)
+        return float(np.quantile(np.where(crossed.any(axis=1), crossed.argmax(axis=1), 10**9), 0.8))
+
+    even = labels_for_80_percent(log_wealth(g, alpha=0.05))
+    planned = labels_for_80_percent(log_wealth(g, alpha=0.05, planned=7_700))
+    assert planned < 0.9 * even < 20_000
 
 
 def test_the_confidence_sequence_covers_the_mean_uniformly_in_time() -> None:
