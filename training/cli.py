@@ -64,8 +64,9 @@ def add_arguments_training(p: argparse.ArgumentParser) -> None:
     g.add_argument("--test-size", type=float, default=0.2, help="held-out fraction, never used for choices")
     g.add_argument("--split", choices=["stratified", "time"], default="stratified",
                    help="hold out a stratified random part, or the latest part by time")
-    g.add_argument("--select-by", choices=["pr_auc", "roc_auc", "best_f1"], default="pr_auc",
-                   help="mean CV metric that chooses the candidate")
+    g.add_argument("--select-by", choices=["pr_auc", "roc_auc", "best_f1", "cost"], default="pr_auc",
+                   help="mean CV metric that chooses the candidate; cost: the deployment objective's cost per 1,000 "
+                        "transactions at the alert rate the candidate would be deployed with (lowest wins)")
     g.add_argument("--threshold-objective", choices=["alert-rate", "cost", "f1"], default="alert-rate",
                    help="operating point: an alert rate (a quantile of the deployed model's scores on calibration "
                         "rows), or the threshold of minimum expected cost or best F1 on out-of-fold scores")

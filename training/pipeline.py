@@ -45,7 +45,7 @@ class TrainConfig:
     folds: int = 5
     test_size: float = 0.2
     split: str = "stratified"  # or "time": the latest test_size of rows by time is held out
-    select_by: str = "pr_auc"  # CV metric that picks the candidate
+    select_by: str = "pr_auc"  # CV metric that picks the candidate ("cost": the objective's, at the deployed rate)
     threshold_objective: str = "alert-rate"  # or "cost" (minimum expected cost on OOF scores) or "f1"
     objective: Objective = field(default_factory=Objective)  # alert rate None: derived from the training labels
     choose_rate: bool = True  # choose the alert rate on OOF scores around the objective's; False: use it as is
@@ -103,12 +103,9 @@ def cross_validate(candidate: cand.Candidate, params: dict[str, Any], x: pd.Data
         per_fold["roc_auc"].append(metrics.roc_auc(y[val_idx], oof[val_idx]))
         per_fold["best_f1"].append(metrics.best_f1(y[val_idx], oof[val_idx])[0])
         bar.update(1)
-    cv = {}
-    for name, v in per_fold.items():
-        cv[f"cv_{name}_mean"], cv[f"cv_{name}_sd"] = float(np.mean(v)), float(np.std(v, ddof=1))
     rate = None
+    objective = cfg.objective.for_labels(y)
     if cfg.threshold_objective == "alert-rate":
-        objective = cfg.objective.for_labels(y)
         rate = (operating.choose_alert_rate(y, oof, fold_of, objective, amounts)[0] if cfg.choose_rate
                 else float(objective.alert_rate or 0.0))
         threshold = operating.quantile_threshold(oof, rate)  # indicative: the deployed model's is set after its fit
@@ -116,8 +113,21 @@ def cross_validate(candidate: cand.Candidate, params: dict[str, Any], x: pd.Data
         threshold = metrics.best_f1(y, oof)[1]
     else:
         threshold = metrics.min_cost_threshold(y, oof, cfg.objective, amounts)[1]
+    # the deployment's objective: each fold's cost per 1,000 at the alert rate deployed (its own top share)
+    per_fold["cost"] = [operating.cost_at_rate(y[f], oof[f], rate or float(objective.alert_rate or 0.0), objective,
+                                               None if amounts is None else amounts[f])
+                        for f in (fold_of == k for k in range(cfg.folds))]
+    cv = {}
+    for name, v in per_fold.items():
+        cv[f"cv_{name}_mean"], cv[f"cv_{name}_sd"] = float(np.mean(v)), float(np.std(v, ddof=1))
     return CandidateResult(candidate.name, {**candidate.defaults, **params}, cv, threshold, oof,
                            time.perf_counter() - started, alert_rate=rate)
+
+
+def merit(res: CandidateResult, select_by: str) -> float:
+    """How good a candidate is by its mean CV ``select_by``, higher is better (``cost``: lower cost is better)."""
+    value = res.cv[f"cv_{select_by}_mean"]
+    return -value if select_by == "cost" else value
 
 
 def calibration_split(tr: Dataset, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -157,10 +167,9 @@ def train(ds: Dataset, cfg: TrainConfig, settings: MlflowSettings) -> TrainResul
                 results.append(res)
         best_by_name: dict[str, CandidateResult] = {}
         for res in results:  # the best trial of each candidate represents it
-            key = f"cv_{cfg.select_by}_mean"
-            if res.name not in best_by_name or res.cv[key] > best_by_name[res.name].cv[key]:
+            if res.name not in best_by_name or merit(res, cfg.select_by) > merit(best_by_name[res.name], cfg.select_by):
                 best_by_name[res.name] = res
-        chosen = max(best_by_name.values(), key=lambda r: r.cv[f"cv_{cfg.select_by}_mean"])
+        chosen = max(best_by_name.values(), key=lambda r: merit(r, cfg.select_by))
         log.info("chosen: %s (CV %s %.4f); threshold %.4f from out-of-fold scores (%s objective)", chosen.name,
                  cfg.select_by, chosen.cv[f"cv_{cfg.select_by}_mean"], chosen.threshold, cfg.threshold_objective)
 
