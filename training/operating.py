@@ -68,6 +68,19 @@ def quantile_threshold(scores: npt.ArrayLike, rate: float) -> float:
     return float(np.quantile(s, 1.0 - rate, method="higher"))
 
 
+def calibrated_alerts(cal_scores: npt.ArrayLike, cal_y: npt.ArrayLike, scores: npt.ArrayLike, objective: Objective,
+                      amounts: npt.ArrayLike | None = None) -> npt.NDArray[np.bool_]:
+    """The alternative operating point, measured next to the alert-rate quantile: an isotonic calibration of the
+    deployed model's scores fitted on rows it has not seen (``cal_scores``, ``cal_y``), and an alert wherever the
+    calibrated P(fraud) x what missing it would cost is at least the review cost (the cost-optimal rule)."""
+    from sklearn.isotonic import IsotonicRegression
+
+    iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(np.asarray(cal_scores, dtype=float),
+                                                                          np.asarray(cal_y, dtype=float))
+    p = iso.predict(np.asarray(scores, dtype=float))
+    return np.asarray(p * objective.miss_costs(len(p), amounts) >= objective.review_cost)
+
+
 def paired_cost_difference(y: npt.ArrayLike, alert: npt.ArrayLike, baseline_alert: npt.ArrayLike,
                            objective: Objective, amounts: npt.ArrayLike | None = None, *, n_boot: int = 2000,
                            seed: int = 0) -> dict[str, float]:

@@ -65,3 +65,18 @@ def test_paired_cost_difference_with_a_bootstrap_interval() -> None:
     assert d["diff_per_1k"] == pytest.approx(expected) and d["ci_low"] < d["diff_per_1k"] < d["ci_high"] < 0
     same = op.paired_cost_difference(y, alert_good, alert_good, Objective(), n_boot=100)
     assert same["diff_per_1k"] == same["ci_low"] == same["ci_high"] == 0.0 and same["discordant_rows"] == 0
+
+
+def test_calibrated_alerts_flag_where_calibrated_probability_times_the_miss_cost_reaches_the_review_cost() -> None:
+    # isotonic fit (pool adjacent violators) on scores 0.1..0.5 with labels 0, 1, 0, 0, 1: P = 0, 1/3, 1/3, 1/3, 1
+    cal_scores, cal_y = [0.1, 0.2, 0.3, 0.4, 0.5], [0, 1, 0, 0, 1]
+    scores = np.array([0.05, 0.25, 0.45, 0.5, 0.9])  # P = 0 (clipped), 1/3, 2/3 (interpolated), 1, 1 (clipped)
+    cheap_review = Objective(review_cost=5.0, missed_fraud_cost=100.0)
+    assert op.calibrated_alerts(cal_scores, cal_y, scores, cheap_review).tolist() == [False, True, True, True, True]
+    dear_review = Objective(review_cost=40.0, missed_fraud_cost=100.0)  # needs P >= 0.4
+    assert op.calibrated_alerts(cal_scores, cal_y, scores, dear_review).tolist() == [False, False, True, True, True]
+    # with amounts: a missed fraud costs its amount (capped), so a small P on a large amount still alerts
+    by_amount = Objective(review_cost=40.0, amount_feature="Amount", amount_cap=500.0)
+    amounts = np.array([10_000.0, 200.0, 50.0, 30.0, 10.0])
+    assert op.calibrated_alerts(cal_scores, cal_y, scores, by_amount, amounts).tolist() == [False, True, False, False,
+                                                                                         False]
