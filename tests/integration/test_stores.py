@@ -31,6 +31,7 @@ import pytest
 from bentos import procs
 from kingmaker import logs
 from tests.conftest import ROOT
+from training.data import Dataset
 
 from . import stores
 from .bentos_support import Outcome, fire, service_env, serving_stack, transactions, wait_until
@@ -412,17 +413,23 @@ def test_two_router_replicas_write_one_s3_log_without_clobbering(
     print(f"\ntwo Routers: {len(bodies)} requests, {len(keys)} files from {len(owners)} writers, no row lost or doubled")
 
 
-def drifted_traffic(n: int, seed: int, champion: Any, start: pd.Timestamp) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Served traffic whose fraud pattern moved: transactions from the synthetic generator, labelled by a NEW rule
-    (fraud now follows f07 and f11, which the old pattern hardly used), scored by the real ``champion``; shadow rows
-    of a challenger under the same request ids (the set must count each transaction once). Labels arrive 10
-    minutes after each prediction. Returns (prediction-log rows, label rows)."""
+def drifted_pattern(n: int, seed: int) -> tuple[Dataset, np.ndarray]:
+    """Transactions from the synthetic generator labelled by a NEW fraud pattern: fraud now follows f07 and f11
+    (about 3.5 % of transactions), features the generator's own pattern (f01-f04, amount) does not use, so a model
+    trained on the old pattern is blind to it. Returns (the generator's data set, the new labels)."""
     from training.data import synthetic
 
     ds = synthetic(rows=n, seed=seed)
-    rng = np.random.default_rng(seed)
+    f, rng = ds.frame, np.random.default_rng(seed)
+    return ds, (rng.random(n) < 1 / (1 + np.exp(-(-5.2 + 2.0 * f["f07"] + 1.8 * f["f11"])))).astype(int)
+
+
+def drifted_traffic(n: int, seed: int, champion: Any, start: pd.Timestamp) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Served traffic whose fraud pattern moved (`drifted_pattern`), scored by the real ``champion``; shadow rows
+    of a challenger under the same request ids (the set must count each transaction once). Labels arrive 10
+    minutes after each prediction. Returns (prediction-log rows, label rows)."""
+    ds, y = drifted_pattern(n, seed)
     f = ds.frame
-    y = (rng.random(n) < 1 / (1 + np.exp(-(-5.2 + 2.0 * f["f07"] + 1.8 * f["f11"])))).astype(int)
     ts = start + pd.to_timedelta(np.linspace(0, 3 * 3600, n), unit="s")
     ids = [f"drift-{seed}-{i}" for i in range(n)]
     score = champion.predict_proba(f[list(champion.features)])
