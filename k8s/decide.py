@@ -458,14 +458,13 @@ def _betting(a: Matured, b: Matured, paired: bool, challenger_weight: float, pol
     va, ta, fa = criterion_values(a.score, a.label, _missed(a, policy), policy)
     vb, tb, fb = criterion_values(b.score, b.label, _missed(b, policy), policy)
     scale = gain_scale(policy, paired)
-    ratio = None if paired else split_ratio(challenger_weight)
+    ratio: tuple[int, int] | None = None
     if paired:
         both = ta & tb
         gains = (vb[both] - va[both]) / scale
         rows_a = rows_b = both
     else:
-        assert ratio is not None
-        ka, kb = ratio
+        ratio = ka, kb = split_ratio(challenger_weight)
         a_mean, b_mean = pair_blocks(va[ta][None, :], vb[tb][None, :], ratio)
         gains = (b_mean[0] - a_mean[0]) / scale
         # the rows that made the pairs

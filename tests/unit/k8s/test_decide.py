@@ -61,6 +61,24 @@ def test_a_clearly_better_challenger_is_promoted_with_hand_computed_evidence() -
     assert "<= alpha 0.05 (90% CS [" in d.message and d.message.endswith("after 1 looks")
 
 
+def test_a_planned_horizon_reaches_the_test_in_its_observations(monkeypatch: pytest.MonkeyPatch) -> None:
+    """plannedLabels moves the bets (the p-value), never the point estimate; the test gets it in its own
+    observations: transactions when paired, pairs of 9 + 1 rows in a 90/10 split."""
+    from k8s import decide as decide_module
+
+    weak = scores(N, fraud_score=0.3)  # frauds ranked inside the legitimate band: a small, uncertain gain
+    plain = decide(observations(arm("1", weak), arm("2", GOOD)), policy(), State()).evidence
+    seen: list[float | None] = []
+    real = decide_module.betting_test
+    monkeypatch.setattr(decide_module, "betting_test",
+                        lambda g, alpha, planned=None: seen.append(planned) or real(g, alpha, planned))
+    planned = decide(observations(arm("1", weak), arm("2", GOOD)), policy(plannedLabels=1_500), State()).evidence
+    assert planned.difference == plain.difference and planned.p_better != plain.p_better
+    decide(observations(arm("1", scores(9000, fraud_score=0.3)), arm("2", GOOD), mode=Mode.SPLIT, weight=0.1),
+           policy(plannedLabels=9_440), State())
+    assert seen == [1_500.0, 944.0]
+
+
 def test_looks_are_counted_per_pair_and_reset_for_a_new_pair() -> None:
     obs = observations(arm("1", BAD), arm("2", GOOD))
     d = decide(obs, policy(), State("1", "2", looks=36))
