@@ -224,6 +224,7 @@ WRITER = textwrap.dedent("""
     time.sleep(max(0.0, start_at - time.time()))   # both writers begin at the same moment
     for b in range(batches):
         logs.append_predictions(url, _prediction_rows(rows, b * rows, writer), ["f01"])
+        time.sleep(0.3)  # appends spread over ~5 s, as a Router's flushes are, so reads fall between them
 """)
 
 
