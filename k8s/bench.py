@@ -199,27 +199,28 @@ def run(args: argparse.Namespace) -> int:
     # again on its own seed (the same traffic, so the same gains), planned at the labels its fixed-horizon z-test
     # needs for 80 % power, rounded up to 100; each A/A cell of the same data and mode with the smallest such plan,
     # so the level is checked under the very bets that buy the power.
+    def with_plan(c: Cell, labels: int, name: str = "") -> Cell:
+        return dataclasses.replace(c, name=f"{name or c.name}_planned",
+                                   policy=dataclasses.replace(c.policy, planned_labels=labels))
+
     plans: dict[str, int] = {}
     for c in cells:
         z80 = labels_for_power(results[c.name].z_power(), c.setup.looks)
         if c.name.startswith(("power_", "real_power_")) and c.policy.criterion is Criterion.EXPECTED_COST \
                 and c.setup.challenger_weight == 0.1 and "rho" not in c.name and z80 is not None:
             plans[c.name] = 100 * math.ceil(z80 / 100)
-    planned = [dataclasses.replace(c, name=f"{c.name}_planned",
-                                   policy=dataclasses.replace(c.policy, planned_labels=plans[c.name])) for c in cells
-               if c.name in plans]
+    planned = [with_plan(c, plans[c.name]) for c in cells if c.name in plans]
     for c in cells:
         same = [plans[p.name] for p in cells if p.name in plans and p.data == c.data and p.setup.mode == c.setup.mode
                 and p.policy.cost == c.policy.cost]
         if c.name.startswith(("aa_", "real_aa_")) and c.policy.criterion is Criterion.EXPECTED_COST and same \
                 and c.setup.challenger_weight == 0.1:
-            planned.append(dataclasses.replace(c, name=f"{c.name}_planned",
-                                               policy=dataclasses.replace(c.policy, planned_labels=min(same))))
+            planned.append(with_plan(c, min(same)))
     # ... and what a wrong plan costs: the synthetic shadow power cell planned at a quarter and at 4x its z-test n
     if "power_shadow" in plans:
         c = next(c for c in cells if c.name == "power_shadow")
-        planned += [dataclasses.replace(c, name=f"power_shadow_misplanned_x{m:g}_planned", policy=dataclasses.replace(
-            c.policy, planned_labels=100 * math.ceil(m * plans[c.name] / 100))) for m in MISPLANNED]
+        planned += [with_plan(c, 100 * math.ceil(m * plans[c.name] / 100), f"power_shadow_misplanned_x{m:g}")
+                    for m in MISPLANNED]
     seeds.update({c.name: seeds[c.name.removesuffix("_planned").split("_misplanned")[0]] for c in planned})
     experiments(planned, "planned horizon")
     cells += planned
