@@ -113,9 +113,10 @@ def cross_validate(candidate: cand.Candidate, params: dict[str, Any], x: pd.Data
         threshold = metrics.best_f1(y, oof)[1]
     else:
         threshold = metrics.min_cost_threshold(y, oof, cfg.objective, amounts)[1]
-    # the deployment's objective: each fold's cost per 1,000 at the alert rate deployed (its own top share)
-    per_fold["cost"] = [operating.cost_at_rate(y[f], oof[f], rate or float(objective.alert_rate or 0.0), objective,
-                                               None if amounts is None else amounts[f])
+    # the deployment's objective: each fold's cost per 1,000 at the alert rate deployed (its own top share); the
+    # cost and F1 threshold objectives choose no rate, so their candidates are compared at the objective's
+    deployed = rate if rate is not None else float(objective.alert_rate or 0.0)
+    per_fold["cost"] = [operating.cost_at_rate(y[f], oof[f], deployed, objective, None if amounts is None else amounts[f])
                         for f in (fold_of == k for k in range(cfg.folds))]
     cv = {}
     for name, v in per_fold.items():
@@ -178,13 +179,14 @@ def train(ds: Dataset, cfg: TrainConfig, settings: MlflowSettings) -> TrainResul
         imbalance = float((y_fit == 0).sum() / max(1, int(y_fit.sum())))
         curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         fitted: dict[str, Any] = {}
+        cal_scores: dict[str, np.ndarray] = {}  # each refit model's scores on the calibration rows
         for res in tqdm(best_by_name.values(), desc="refitting on the training part", unit="model"):
             model = cand.CANDIDATES[res.name].build(imbalance, seed=cfg.seed, n_jobs=cfg.n_jobs, params=res.params)
             model.fit(x_fit, y_fit)
             fitted[res.name] = model
             if res.alert_rate is not None:  # the rate as a quantile of this model's scores on rows it has not seen
-                res.threshold = operating.quantile_threshold(model.predict_proba(tr.x.iloc[cal_idx])[:, 1],
-                                                             res.alert_rate)
+                cal_scores[res.name] = model.predict_proba(tr.x.iloc[cal_idx])[:, 1]
+                res.threshold = operating.quantile_threshold(cal_scores[res.name], res.alert_rate)
             score = model.predict_proba(te.x)[:, 1]
             res.test = metrics.report(te.y, score, res.threshold, cfg.objective, amounts_te)
             curves[res.name] = (te.y, score)
@@ -203,8 +205,8 @@ def train(ds: Dataset, cfg: TrainConfig, settings: MlflowSettings) -> TrainResul
                                               n_boot=cfg.n_bootstrap, seed=cfg.seed)
         if chosen.alert_rate is not None:
             test_metrics["target_alert_rate"] = chosen.alert_rate
-            test_metrics.update(calibrated_point(saved.predict_proba(tr.x.iloc[cal_idx]), tr.y[cal_idx], test_score,
-                                                 te.y, cfg, amounts_te, test_metrics))
+            test_metrics.update(calibrated_point(cal_scores[chosen.name], tr.y[cal_idx], test_score, te.y, cfg,
+                                                 amounts_te, test_metrics))
         test_metrics.update(against_champion(tracker.champion(), te, saved.decide(test_score), cfg, amounts_te))
         train_score = saved.predict_proba(tr.x)
         ref_idx = np.random.default_rng(cfg.seed).permutation(len(tr.frame))[: cfg.reference_rows]

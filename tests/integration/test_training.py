@@ -137,6 +137,8 @@ def test_the_operating_point_carries_to_the_test_part_and_is_compared_with_the_c
         assert m["alert_rate"] == m["test_target_alert_rate"] == pytest.approx(float(mv.tags["alert_rate"]))
         assert m["test_alert_rate"] / m["test_target_alert_rate"] == pytest.approx(1.0, abs=0.2), alias
         assert ("test_vs_champion_cost_diff_per_1k" in m) == (alias == "challenger")  # the first had no champion
+        # the calibration alternative is costed on the same test rows
+        assert 0.0 < m["test_calibrated_alert_rate"] < 0.5 and m["test_calibrated_cost_per_1k"] > 0.0
     diff = m["test_vs_champion_cost_diff_per_1k"]
     assert m["test_vs_champion_cost_diff_per_1k_ci_low"] <= diff <= m["test_vs_champion_cost_diff_per_1k_ci_high"]
     assert m["test_expected_cost_per_1k"] - m["test_champion_expected_cost_per_1k"] == pytest.approx(diff)
