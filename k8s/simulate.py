@@ -191,10 +191,15 @@ class Experiments:
     fixed_rule_promoted: Bools  # the peers-style rule on the same data (expected cost only)
     fixed_rule_at: Ints
     z_significant: Bools  # (runs, looks): a fixed-horizon z-test run once, at that look, would reject
+    constant_bet_promoted: Bools  # (runs, len(CONSTANT_BETS), looks): that one bet's test has promoted by then
 
     def z_power(self) -> Floats:
         """Per look: the share of runs a fixed-horizon one-sided z-test planned for that look rejects."""
         return np.asarray(self.z_significant.mean(axis=0), dtype=np.float64)
+
+    def constant_bet_power(self) -> Floats:
+        """Per constant bet (`CONSTANT_BETS`) and look: the share of runs its test has promoted by then."""
+        return np.asarray(self.constant_bet_promoted.mean(axis=0), dtype=np.float64)
 
     def rate(self, verdict: Verdict) -> float:
         return float(np.mean(self.verdict == verdict.value))
@@ -278,6 +283,12 @@ def _running_max(x: Floats) -> Floats:
     return out
 
 
+#: The benchmark's floor for betting: the promote test with one constant bet ``lambda`` on every gain, ``W_t =
+#: prod (1 + lambda g_i)``. Each is a valid test; the best of them for a cell, picked after seeing the results, is not,
+#: but it bounds what any single bettor of this kind could do there (the mixture pays for not knowing the bet).
+CONSTANT_BETS: tuple[float, ...] = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 0.9, 0.99)
+
+
 def run_experiments(traffic: Traffic, policy: Policy, looks: Ints, *, challenger_weight: float = 0.1,
                     fixed_rule_margin: float = 0.05) -> Experiments:
     """Call the decision rule at every look (labelled transactions so far) and keep each run's first verdict.
@@ -287,7 +298,8 @@ def run_experiments(traffic: Traffic, policy: Policy, looks: Ints, *, challenger
     rejected, else PROMOTE if the "better" test has, else HOLD. The fixed rule promotes at the first gated
     look where the challenger's mean cost is ``fixed_rule_margin`` below the champion's. ``z_significant``:
     at each gated look, whether a fixed-horizon one-sided z-test of the same gains at ``alpha`` rejects (the
-    oracle that may not peek: valid only when planned for that one look).
+    oracle that may not peek: valid only when planned for that one look). ``constant_bet_promoted``: whether the
+    promote test with each of `CONSTANT_BETS` alone has rejected by each gated look.
     """
     full = (_arm_values(traffic.champion, policy), _arm_values(traffic.challenger, policy))
     g, pairs_before, _ = gains(traffic, policy, challenger_weight, (full[0][:2], full[1][:2]))
@@ -295,10 +307,12 @@ def run_experiments(traffic: Traffic, policy: Policy, looks: Ints, *, challenger
     planned = planned_observations(policy.planned_labels, None if traffic.paired else split_ratio(challenger_weight))
     best = _running_max(log_wealth(g, alpha=policy.alpha, planned=planned))
     worst = _running_max(log_wealth(-g, alpha=policy.alpha, planned=planned))
+    constant = [_running_max(np.cumsum(np.log1p(bet * g), axis=1)) for bet in CONSTANT_BETS]
     z = z_statistic(g)
     z_bar = float(stats.norm.isf(policy.alpha))
     z_significant = np.zeros((g.shape[0], len(looks)), dtype=bool)
     runs = g.shape[0]
+    constant_promoted = np.zeros((runs, len(CONSTANT_BETS), len(looks)), dtype=bool)
     verdict = np.full(runs, Verdict.NONE.value, dtype=object)
     at = np.zeros(runs, dtype=np.int64)
     fixed = np.zeros(runs, dtype=bool)
@@ -322,6 +336,8 @@ def run_experiments(traffic: Traffic, policy: Policy, looks: Ints, *, challenger
                 & (pos_b[rows, np.minimum(n_b, pos_b.shape[1] - 1)] >= policy.min_positives_per_arm))
         p = pairs_before[rows, m]
         z_significant[:, look] = gate & (z[rows, p] >= z_bar)
+        for i, wealth in enumerate(constant):
+            constant_promoted[:, i, look] = gate & (wealth[rows, p] >= bar)
         open_ = gate & (verdict == Verdict.NONE.value)
         worse = open_ & (worst[rows, p] >= bar)
         better = open_ & ~worse & (best[rows, p] >= bar)
@@ -338,7 +354,7 @@ def run_experiments(traffic: Traffic, policy: Policy, looks: Ints, *, challenger
             hit = gate & ~fixed & (na_t[rows, ia] > 0) & (nb_t[rows, ib] > 0) & (mean_b <= (1 - fixed_rule_margin) * mean_a)
             fixed_at[hit] = m
             fixed |= hit
-    return Experiments(verdict.astype(str), at, fixed, fixed_at, z_significant)
+    return Experiments(verdict.astype(str), at, fixed, fixed_at, z_significant, constant_promoted)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from k8s.bench import labels_for_power
+from k8s.simulate import CONSTANT_BETS
 from kingmaker.cli import BENCHMARKS, main
 
 
@@ -26,6 +27,8 @@ def test_a_tiny_run_writes_numbers_and_a_plot(tmp_path: Path, capsys: pytest.Cap
     assert {"aa_shadow", "aa_split", "power_shadow", "power_split"} <= set(cells)
     for cell in cells.values():
         assert cell["promoted"] + cell["rolled_back"] + cell["held_to_the_end"] == pytest.approx(1.0)
+    assert all(set(cell["constant_bets_promoted_at_horizon"]) == {f"{bet:g}" for bet in CONSTANT_BETS}
+               for cell in cells.values())
     assert cells["power_shadow"]["challenger_cost_per_1k"] == pytest.approx(
         0.9 * cells["power_shadow"]["champion_cost_per_1k"])
     png = tmp_path / "promotion-power.png"
@@ -70,3 +73,16 @@ def test_labels_for_power_interpolates_between_looks() -> None:
     assert labels_for_power([0.5, 0.7, 0.9], looks) == pytest.approx(1250.0)
     assert labels_for_power([0.85, 0.9, 0.95], looks) == 500.0
     assert labels_for_power([0.1, 0.2, 0.3], looks) is None
+
+
+def test_the_readme_table_puts_the_hindsight_floor_next_to_the_test() -> None:
+    from k8s.bench import readme_table
+
+    row = {"data": "real", "mode": "shadow", "challenger_weight": 0.1, "criterion": "expected-cost",
+           "amount_based_cost": False, "effect": 0.233, "planned_labels": 44_000, "promoted_by_50000": 0.46,
+           "promoted": 0.99, "transactions": 150_000, "median_transactions_to_promotion": 52_500,
+           "labels_for_80pct_power": 74_000, "z_test_labels_for_80pct_power": 44_000, "ratio_to_z_test": 74 / 44,
+           "best_constant_bet": 0.9, "best_constant_bet_ratio_to_z_test": 1.55, "rolled_back": 0.0}
+    line = readme_table({"real_power_shadow_noise3.5_planned": row}).splitlines()[-1]
+    assert line == ("| real | shadow | 23.3% | 44,000 | 46.0% | 99.0% of 150,000 | 52,500 | 74,000 / 44,000 (1.68x) "
+                    "| 1.55x (bet 0.9) | 0.0% |")
