@@ -285,7 +285,7 @@ def _running_max(x: Floats) -> Floats:
 
 #: The benchmark's floor for betting: the promote test with one constant bet ``lambda`` on every gain, ``W_t =
 #: prod (1 + lambda g_i)``. Each is a valid test; the best of them for a cell, picked after seeing the results, is not,
-#: but it bounds what any single bettor of this kind could do there (the mixture pays for not knowing the bet).
+#: but it marks about how far any single bettor could get there (the mixture pays for not knowing the bet).
 CONSTANT_BETS: tuple[float, ...] = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 0.9, 0.99)
 
 
