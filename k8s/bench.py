@@ -246,8 +246,8 @@ def run(args: argparse.Namespace) -> int:
         curve = [e.promoted_by(int(m)) for m in cell_looks]
         n80 = labels_for_power(curve, cell_looks)
         z80 = labels_for_power(e.z_power(), cell_looks)
-        by_bet = {bet: labels_for_power(power, cell_looks) for bet, power in zip(CONSTANT_BETS, e.constant_bet_power(), strict=True)}
-        reached = {bet: n for bet, n in by_bet.items() if n is not None}
+        bet_power = dict(zip(CONSTANT_BETS, e.constant_bet_power(), strict=True))
+        reached = {bet: n for bet, power in bet_power.items() if (n := labels_for_power(power, cell_looks)) is not None}
         floor_bet = min(reached, key=reached.__getitem__) if reached else None
         return {
             "data": c.data, "mode": c.setup.mode, "challenger_weight": c.setup.challenger_weight,
@@ -264,8 +264,7 @@ def run(args: argparse.Namespace) -> int:
             "median_transactions_to_promotion": float(np.median(e.at[promoted])) if promoted.any() else None,
             "labels_for_80pct_power": n80, "z_test_labels_for_80pct_power": z80,
             "ratio_to_z_test": n80 / z80 if n80 is not None and z80 is not None else None,
-            "constant_bets_promoted_at_horizon": {f"{bet:g}": float(power[-1]) for bet, power
-                                                  in zip(CONSTANT_BETS, e.constant_bet_power(), strict=True)},
+            "constant_bets_promoted_at_horizon": {f"{bet:g}": float(power[-1]) for bet, power in bet_power.items()},
             "best_constant_bet": floor_bet,
             "best_constant_bet_labels_for_80pct_power": None if floor_bet is None else reached[floor_bet],
             "best_constant_bet_ratio_to_z_test": None if floor_bet is None or z80 is None else reached[floor_bet] / z80,
