@@ -25,16 +25,18 @@ labelled transactions up to ``--transactions``, ``--runs`` seeded experiments pe
   by measured steps of logit noise; ``--real-transactions`` per replay (150,000 by default, so the 80 %
   power point is reached), power also read at 50,000;
 * for each power cell, the best constant bet in hindsight (`k8s.simulate.CONSTANT_BETS`): how close any single
-  bettor could come to the z-test on that cell's gains.
+  bettor could come to the z-test on that cell's gains; for each paired real-data power cell, its discordant
+  frauds and the sign model's frontier (`k8s.frontier`): how close *any* valid test could come.
 
 ``--quick`` shrinks everything for a smoke test. Writes ``bench-results/promotion.json`` and
-``bench-results/promotion-power.png``, and prints a Markdown table for the README.
+``bench-results/promotion-power.png``, and prints Markdown tables for the README.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -269,6 +271,8 @@ def run(args: argparse.Namespace) -> int:
             "best_constant_bet_labels_for_80pct_power": None if floor_bet is None else reached[floor_bet],
             "best_constant_bet_ratio_to_z_test": None if floor_bet is None or z80 is None else reached[floor_bet] / z80,
             "z_test_power_at_horizon": float(e.z_power()[-1]),
+            "sign_model": sign_model(e.discordant, c.setup.transactions)
+            if c.data == "real" and c.setup.mode != "split" and c.name.startswith("real_power_") else None,
             "fixed_rule_promoted": float(e.fixed_rule_promoted.mean()) if c.policy.criterion is Criterion.EXPECTED_COST
             else None,
             "fixed_rule_median_transactions": float(np.median(e.fixed_rule_at[e.fixed_rule_promoted]))
@@ -330,8 +334,57 @@ def run(args: argparse.Namespace) -> int:
               f"{'-' if median is None else f'{median:.0f}':>9} {'-' if fixed is None else f'{fixed:.1%}':>11} "
               f"{row['champion_cost_per_1k']:>8.1f} vs {row['challenger_cost_per_1k']:.1f}")
     print("\n" + readme_table(numbers))
+    if any(row.get("sign_model") for row in numbers.values()):
+        print("\n" + frontier_table(numbers))
     print(f"wrote {out / 'promotion.json'} and {png}")
     return 0
+
+
+@functools.cache
+def _sign_model_labels(rate: float, q: float) -> Any:
+    from k8s import frontier
+    from k8s.simulate import CONSTANT_BETS
+
+    return frontier.labels_for_power(rate, q, CONSTANT_BETS)
+
+
+def sign_model(discordant: Any, transactions: int) -> dict[str, float | None]:
+    """A cell's discordant frauds (`Experiments.discordant`) and what the sign model (`k8s.frontier`) makes of
+    them: labels for 80 % power of the z-test, of the best constant bet for the true effect, and the bound below
+    which no valid test of the signs gets."""
+    wins, losses = (int(x) for x in discordant.sum(axis=0))
+    rate = (wins + losses) / (len(discordant) * transactions)
+    q = wins / (wins + losses) if wins + losses else None
+    labels = None if q is None else _sign_model_labels(rate, q)
+    return {"discordant_per_1k": 1000 * rate, "win_share": q,
+            "z_test_labels": labels and labels.z_test, "constant_bet_labels": labels and labels.constant_bet,
+            "constant_bet": labels and labels.bet, "any_test_labels": labels and labels.any_test}
+
+
+def frontier_table(numbers: dict[str, dict[str, Any]]) -> str:
+    """The README's second table: per paired real-data power cell, its discordant frauds and, in the sign model,
+    the labels for 80 % power of the best constant bet for the true effect and the bound on every valid test
+    (ratios to the model's z-test), next to the measured ratios of the planned test and the best constant bet."""
+    def ratio(x: float | None, z: float | None) -> str:
+        return "–" if x is None or z is None else f"{x / z:.2f}x"
+
+    rows = ["| mode | challenger cheaper by | discordant frauds per 1,000 labels | won by the challenger "
+            "| sign model: best constant bet / z-test | sign model: no valid test below "
+            "| measured: planned test / z-test | measured: best constant bet in hindsight / z-test |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in numbers.items():
+        m = r.get("sign_model")
+        if m is None or m["win_share"] is None or r["planned_labels"] is not None:
+            continue
+        planned = numbers.get(f"{name}_planned", {})
+        mode = r["mode"] if r["mode"] == "shadow" else f"{r['mode']} 90/10"
+        bet = "" if m["constant_bet"] is None else f" (bet {m['constant_bet']:g})"
+        rows.append(f"| {mode} | {r['effect']:.1%} | {m['discordant_per_1k']:.3f} | {m['win_share']:.1%} | "
+                    f"{ratio(m['constant_bet_labels'], m['z_test_labels'])}{bet} | "
+                    f"{ratio(m['any_test_labels'], m['z_test_labels'])} | "
+                    f"{ratio(planned.get('labels_for_80pct_power'), planned.get('z_test_labels_for_80pct_power'))} | "
+                    f"{ratio(r['best_constant_bet_labels_for_80pct_power'], r['z_test_labels_for_80pct_power'])} |")
+    return "\n".join(rows)
 
 
 def readme_table(numbers: dict[str, dict[str, Any]]) -> str:

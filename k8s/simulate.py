@@ -192,6 +192,7 @@ class Experiments:
     fixed_rule_at: Ints
     z_significant: Bools  # (runs, looks): a fixed-horizon z-test run once, at that look, would reject
     constant_bet_promoted: Bools  # (runs, len(CONSTANT_BETS), looks): that one bet's test has promoted by then
+    discordant: Ints  # (runs, 2): gains above 1/2 and below -1/2 up to the horizon (paired: frauds one arm missed)
 
     def z_power(self) -> Floats:
         """Per look: the share of runs a fixed-horizon one-sided z-test planned for that look rejects."""
@@ -299,7 +300,8 @@ def run_experiments(traffic: Traffic, policy: Policy, looks: Ints, *, challenger
     look where the challenger's mean cost is ``fixed_rule_margin`` below the champion's. ``z_significant``:
     at each gated look, whether a fixed-horizon one-sided z-test of the same gains at ``alpha`` rejects (the
     oracle that may not peek: valid only when planned for that one look). ``constant_bet_promoted``: whether the
-    promote test with each of `CONSTANT_BETS` alone has rejected by each gated look.
+    promote test with each of `CONSTANT_BETS` alone has rejected by each gated look. ``discordant``: the large
+    gains each way (the sign model of `k8s.frontier`).
     """
     full = (_arm_values(traffic.champion, policy), _arm_values(traffic.challenger, policy))
     g, pairs_before, _ = gains(traffic, policy, challenger_weight, (full[0][:2], full[1][:2]))
@@ -329,6 +331,8 @@ def run_experiments(traffic: Traffic, policy: Policy, looks: Ints, *, challenger
         counts = tuple(np.concatenate([np.zeros((runs, 1), np.int64), np.cumsum(t, axis=1)], axis=1)
                        for _, t in plain)
     rows = np.arange(runs)
+    tested = np.arange(g.shape[1])[None, :] < pairs_before[rows, looks[-1]][:, None]
+    discordant = np.stack([(tested & (g > 0.5)).sum(axis=1), (tested & (g < -0.5)).sum(axis=1)], axis=1)
     for look, m in enumerate(looks):
         n_a, n_b = traffic.rows_at(int(m))
         gate = ((n_a >= policy.min_labelled_per_arm) & (n_b >= policy.min_labelled_per_arm)
@@ -354,7 +358,7 @@ def run_experiments(traffic: Traffic, policy: Policy, looks: Ints, *, challenger
             hit = gate & ~fixed & (na_t[rows, ia] > 0) & (nb_t[rows, ib] > 0) & (mean_b <= (1 - fixed_rule_margin) * mean_a)
             fixed_at[hit] = m
             fixed |= hit
-    return Experiments(verdict.astype(str), at, fixed, fixed_at, z_significant, constant_promoted)
+    return Experiments(verdict.astype(str), at, fixed, fixed_at, z_significant, constant_promoted, discordant)
 
 
 @dataclass(frozen=True)

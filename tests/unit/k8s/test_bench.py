@@ -64,8 +64,13 @@ def test_quick_run_covers_every_mode_on_synthetic_and_replayed_data(tmp_path: Pa
     assert cells["real_aa_shadow"]["effect"] == pytest.approx(0.0, abs=0.05)
     assert cells["real_power_shadow_noise3.5"]["effect"] > 0  # noise makes the champion worse
     assert cells["real_power_shadow_noise3.5"]["alert_rate"] == 0.003
+    model = cells["real_power_shadow_noise3.5"]["sign_model"]
+    assert model["discordant_per_1k"] > 0 and 0 <= model["win_share"] <= 1
+    assert cells["real_power_split_noise3.5"]["sign_model"] is None  # block means, not signs
+    assert cells["real_aa_shadow"]["sign_model"] is None
     table = capsys.readouterr().out
     assert "| real | paired split 90/10 |" in table and "| synthetic | shadow |" in table
+    assert "| shadow | " in table.split("| sign model: no valid test below |")[1]
 
 
 def test_labels_for_power_interpolates_between_looks() -> None:
@@ -86,3 +91,17 @@ def test_the_readme_table_puts_the_hindsight_floor_next_to_the_test() -> None:
     line = readme_table({"real_power_shadow_noise3.5_planned": row}).splitlines()[-1]
     assert line == ("| real | shadow | 23.3% | 44,000 | 46.0% | 99.0% of 150,000 | 52,500 | 74,000 / 44,000 (1.68x) "
                     "| 1.55x (bet 0.9) | 0.0% |")
+
+
+def test_the_frontier_table_reads_the_sign_model_next_to_the_measured_ratios() -> None:
+    from k8s.bench import frontier_table
+
+    unplanned = {"mode": "paired split", "effect": 0.233, "planned_labels": None,
+                 "best_constant_bet_labels_for_80pct_power": 66_000, "z_test_labels_for_80pct_power": 47_000,
+                 "sign_model": {"discordant_per_1k": 0.121, "win_share": 0.966, "z_test_labels": 43_400,
+                                "constant_bet_labels": 66_900, "constant_bet": 0.9, "any_test_labels": 62_200}}
+    planned = {**unplanned, "planned_labels": 47_000, "labels_for_80pct_power": 72_000}
+    table = frontier_table({"real_power_paired_split_noise3.5": unplanned,
+                            "real_power_paired_split_noise3.5_planned": planned, "power_shadow": {"sign_model": None}})
+    assert table.splitlines()[2:] == [
+        "| paired split 90/10 | 23.3% | 0.121 | 96.6% | 1.54x (bet 0.9) | 1.43x | 1.53x | 1.40x |"]
