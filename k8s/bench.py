@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -271,8 +270,10 @@ def run(args: argparse.Namespace) -> int:
             "best_constant_bet_labels_for_80pct_power": None if floor_bet is None else reached[floor_bet],
             "best_constant_bet_ratio_to_z_test": None if floor_bet is None or z80 is None else reached[floor_bet] / z80,
             "z_test_power_at_horizon": float(e.z_power()[-1]),
+            # per traffic, so not again for the planned cells (same seeds, same gains)
             "sign_model": sign_model(e.discordant, c.setup.transactions)
-            if c.data == "real" and c.setup.mode != "split" and c.name.startswith("real_power_") else None,
+            if c.data == "real" and c.setup.mode != "split" and c.name.startswith("real_power_")
+            and c.policy.planned_labels is None else None,
             "fixed_rule_promoted": float(e.fixed_rule_promoted.mean()) if c.policy.criterion is Criterion.EXPECTED_COST
             else None,
             "fixed_rule_median_transactions": float(np.median(e.fixed_rule_at[e.fixed_rule_promoted]))
@@ -340,25 +341,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-@functools.cache
-def _sign_model_labels(rate: float, q: float) -> Any:
-    from k8s import frontier
-    from k8s.simulate import CONSTANT_BETS
-
-    return frontier.labels_for_power(rate, q, CONSTANT_BETS)
-
-
 def sign_model(discordant: Any, transactions: int) -> dict[str, float | None]:
     """A cell's discordant frauds (`Experiments.discordant`) and what the sign model (`k8s.frontier`) makes of
     them: labels for 80 % power of the z-test, of the best constant bet for the true effect, and the bound below
     which no valid test of the signs gets."""
+    from k8s.frontier import labels_for_power as sign_labels
+    from k8s.simulate import CONSTANT_BETS
+
     wins, losses = (int(x) for x in discordant.sum(axis=0))
     rate = (wins + losses) / (len(discordant) * transactions)
-    q = wins / (wins + losses) if wins + losses else None
-    labels = None if q is None else _sign_model_labels(rate, q)
-    return {"discordant_per_1k": 1000 * rate, "win_share": q,
-            "z_test_labels": labels and labels.z_test, "constant_bet_labels": labels and labels.constant_bet,
-            "constant_bet": labels and labels.bet, "any_test_labels": labels and labels.any_test}
+    out: dict[str, float | None] = {"discordant_per_1k": 1000 * rate, "win_share": None, "z_test_labels": None,
+                                    "constant_bet_labels": None, "constant_bet": None, "any_test_labels": None}
+    if wins + losses:
+        labels = sign_labels(rate, wins / (wins + losses), CONSTANT_BETS)
+        out |= {"win_share": wins / (wins + losses), "z_test_labels": labels.z_test,
+                "constant_bet_labels": labels.constant_bet, "constant_bet": labels.bet, "any_test_labels": labels.any_test}
+    return out
 
 
 def frontier_table(numbers: dict[str, dict[str, Any]]) -> str:
@@ -374,7 +372,7 @@ def frontier_table(numbers: dict[str, dict[str, Any]]) -> str:
             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in numbers.items():
         m = r.get("sign_model")
-        if m is None or m["win_share"] is None or r["planned_labels"] is not None:
+        if m is None or m["win_share"] is None:
             continue
         planned = numbers.get(f"{name}_planned", {})
         mode = r["mode"] if r["mode"] == "shadow" else f"{r['mode']} 90/10"

@@ -54,6 +54,12 @@ def _tail(mu: float) -> Floats:
     return np.asarray(stats.poisson.sf(np.arange(DEPTH + 1) - 1, mu), dtype=np.float64)
 
 
+def _sequence_probability(q: float, d: int) -> Floats:
+    """``P_q`` of one sign sequence of length ``d`` with ``w`` wins, for w = 0..d."""
+    w = np.arange(d + 1)
+    return np.asarray(q ** w * (1 - q) ** (d - w), dtype=np.float64)
+
+
 def constant_bet_power(mu: float, q: float, bet: float, alpha: float = 0.05) -> float:
     """Power by ``n`` of the test with one constant bet on every sign: it rejects at the first
     ``(1 + bet)^W (1 - bet)^L >= 1 / alpha`` (``W`` wins and ``L`` losses among the discordant frauds so far)."""
@@ -63,7 +69,7 @@ def constant_bet_power(mu: float, q: float, bet: float, alpha: float = 0.05) -> 
     for d in range(DEPTH + 1):
         w = np.arange(d + 1)
         here = np.where(w * math.log1p(bet) + (d - w) * math.log1p(-bet) >= bar, paths, 0.0)
-        power += (here * q ** w * (1 - q) ** (d - w)).sum() * tail[d]
+        power += (here * _sequence_probability(q, d)).sum() * tail[d]
         left = paths - here
         paths = np.concatenate([left, [0.0]]) + np.concatenate([[0.0], left])  # a loss keeps w, a win adds one
     return float(power)
@@ -84,8 +90,7 @@ def power_bound(mu: float, q: float, alpha: float = 0.05) -> float:
         price = math.exp(log_price)
         value = np.zeros(DEPTH + 2)
         for d in range(DEPTH, -1, -1):  # value[w] of the node with w wins and d - w losses
-            w = np.arange(d + 1)
-            reject = q ** w * (1 - q) ** (d - w) * tail[d] - price * 0.5 ** d
+            reject = _sequence_probability(q, d) * tail[d] - price * 0.5 ** d
             go_on = value[1:d + 2] + value[:d + 1] if d < DEPTH else np.zeros(d + 1)
             value = np.maximum(np.maximum(reject, go_on), 0.0)
         return float(value[0]) + price * alpha

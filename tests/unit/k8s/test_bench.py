@@ -68,6 +68,7 @@ def test_quick_run_covers_every_mode_on_synthetic_and_replayed_data(tmp_path: Pa
     assert model["discordant_per_1k"] > 0 and 0 <= model["win_share"] <= 1
     assert cells["real_power_split_noise3.5"]["sign_model"] is None  # block means, not signs
     assert cells["real_aa_shadow"]["sign_model"] is None
+    assert cells["real_power_shadow_noise3.5_planned"]["sign_model"] is None  # the same gains as unplanned
     table = capsys.readouterr().out
     assert "| real | paired split 90/10 |" in table and "| synthetic | shadow |" in table
     assert "| shadow | " in table.split("| sign model: no valid test below |")[1]
@@ -100,7 +101,7 @@ def test_the_frontier_table_reads_the_sign_model_next_to_the_measured_ratios() -
                  "best_constant_bet_labels_for_80pct_power": 66_000, "z_test_labels_for_80pct_power": 47_000,
                  "sign_model": {"discordant_per_1k": 0.121, "win_share": 0.966, "z_test_labels": 43_400,
                                 "constant_bet_labels": 66_900, "constant_bet": 0.9, "any_test_labels": 62_200}}
-    planned = {**unplanned, "planned_labels": 47_000, "labels_for_80pct_power": 72_000}
+    planned = {**unplanned, "planned_labels": 47_000, "labels_for_80pct_power": 72_000, "sign_model": None}
     table = frontier_table({"real_power_paired_split_noise3.5": unplanned,
                             "real_power_paired_split_noise3.5_planned": planned, "power_shadow": {"sign_model": None}})
     assert table.splitlines()[2:] == [
