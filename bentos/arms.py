@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import aiohttp
 
@@ -31,6 +31,7 @@ from kingmaker.router_config import RouterConfig
 
 log = logging.getLogger(__name__)
 rate_limited = RateLimitedLog(log)
+T = TypeVar("T")
 
 UPSTREAM_OUTCOMES = ("ok", "timeout", "connect_error", "http_error", "auth_error", "bad_response", "circuit_open",
                      "rejected", "shadow_skipped")
@@ -115,9 +116,10 @@ class ArmClient:
             t = self._timeouts[ms] = aiohttp.ClientTimeout(total=ms / 1000.0)
         return t
 
-    async def call(self, path: str, payload: Mapping[str, Any], timeout_ms: float, *,
-                   guarded: bool = True, breaker: bool = True) -> dict[str, Any]:
-        """POST ``payload`` to the arm; the parsed JSON answer, or `ArmFailure` / `ArmRejected`.
+    async def call(self, path: str, payload: Mapping[str, Any], timeout_ms: float, parse: Callable[[dict[str, Any]], T],
+                   *, guarded: bool = True, breaker: bool = True) -> T:
+        """POST ``payload`` to the arm; ``parse`` of its JSON answer, or `ArmFailure` / `ArmRejected`. An
+        answer ``parse`` cannot read (KeyError, TypeError, ValueError) is the arm's fault: ``bad_response``.
 
         ``guarded`` calls (traffic) are counted and, with ``breaker``, go through the circuit breaker; discovery
         calls are neither. Pairing calls pass ``breaker=False``: an arm's failure to score a row it did not answer
@@ -169,11 +171,16 @@ class ArmClient:
             raise ArmRejected(self.arm, status, body if isinstance(body, dict) else {"error": body})
         if not isinstance(body, dict):
             raise self._failure(guarded, breaker, "bad_response", "JSON answer is not an object")
+        try:
+            result = parse(body)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise self._failure(guarded, breaker, "bad_response",
+                                f"unreadable answer ({type(exc).__name__}: {exc}): {raw[:200]!r}") from None
         if breaker:
             self.breaker.record_success()
         if guarded:
             self.count("ok")
-        return body
+        return result
 
     def _failure(self, guarded: bool, breaker: bool, reason: str, detail: str) -> ArmFailure:
         if breaker:
@@ -187,22 +194,31 @@ class ArmClient:
         """Score rows: one request on ``/score`` when ``single``, else all on ``/score_batch`` (whose
         timeout grows with the batch: ``timeout_ms`` per 100 rows)."""
         if single:
-            a = await self.call("/score", {"features": features[0], "request_id": request_ids[0]}, timeout_ms,
-                                breaker=breaker)
-            return [ArmAnswer(a["model_name"], str(a["model_version"]), a["score"], a["decision"], a["threshold"])]
-        a = await self.call("/score_batch", {"rows": features, "request_ids": request_ids},
-                            timeout_ms * max(1.0, len(request_ids) / 100.0), breaker=breaker)
-        name, version, threshold = a["model_name"], str(a["model_version"]), a["threshold"]
-        return [ArmAnswer(name, version, s, d, threshold) for s, d in zip(a["scores"], a["decisions"], strict=True)]
+            return await self.call("/score", {"features": features[0], "request_id": request_ids[0]}, timeout_ms,
+                                   _one_answer, breaker=breaker)
+        return await self.call("/score_batch", {"rows": features, "request_ids": request_ids},
+                               timeout_ms * max(1.0, len(request_ids) / 100.0),
+                               lambda a: _batch_answers(a, len(request_ids)), breaker=breaker)
 
     async def fetch_info(self, timeout_ms: float = 2000.0) -> ModelInfo:
-        body = await self.call("/info", {}, timeout_ms, guarded=False)
-        self.info = ModelInfo.model_validate(body)
+        self.info = await self.call("/info", {}, timeout_ms, ModelInfo.model_validate, guarded=False)
         return self.info
 
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+def _one_answer(a: dict[str, Any]) -> list[ArmAnswer]:
+    return [ArmAnswer(a["model_name"], str(a["model_version"]), a["score"], a["decision"], a["threshold"])]
+
+
+def _batch_answers(a: dict[str, Any], rows: int) -> list[ArmAnswer]:
+    name, version, threshold = a["model_name"], str(a["model_version"]), a["threshold"]
+    answers = [ArmAnswer(name, version, s, d, threshold) for s, d in zip(a["scores"], a["decisions"], strict=True)]
+    if len(answers) != rows:
+        raise ValueError(f"{len(answers)} scores for {rows} rows")
+    return answers
 
 
 def make_connector(url: str) -> Callable[[], aiohttp.BaseConnector] | None:

@@ -76,7 +76,7 @@ fix_bentoml_request_timers()  # see its docstring: without it p99 latency has 30
 edge.install()  # bounded path labels, error answers of our shape, client errors logged in one line
 
 Features = Mapping[str, Any]
-PAIR_OUTCOMES = ("paired", "failed", "skipped", "circuit_open", "log_failed")
+PAIR_OUTCOMES = ("paired", "failed", "skipped", "circuit_open", "log_failed", "fallback")
 Served = tuple[Arm, ArmAnswer, float, bool]  # per row: the arm that answered, its answer, call ms, fell back
 
 
@@ -196,12 +196,16 @@ class RoutingEngine:
     def _pair(self, served: Sequence[Served], cfg: RouterConfig, features: Sequence[Features], ids: Sequence[str],
               keys: Sequence[str], ts: datetime, single: bool) -> None:
         """Split mode: the other arm scores the sampled answered rows off the response path, so the log holds
-        the pair (served and not served, one request id). Rows answered by a fallback are not paired: the other
-        arm has just failed them."""
+        the pair (served and not served, one request id). Rows answered by a fallback are not paired, only
+        counted: the other arm has just failed them. So every sampled answered row has one pair outcome."""
         others: dict[Arm, list[int]] = {Arm.CHAMPION: [], Arm.CHALLENGER: []}
         for i, (arm, _, _, fallback) in enumerate(served):
-            if not fallback and pair_sampled(ids[i], cfg.pairing, cfg.salt):
-                others[Arm.CHALLENGER if arm is Arm.CHAMPION else Arm.CHAMPION].append(i)
+            if pair_sampled(ids[i], cfg.pairing, cfg.salt):
+                other = Arm.CHALLENGER if arm is Arm.CHAMPION else Arm.CHAMPION
+                if fallback:
+                    self._pairs[other]["fallback"].inc()
+                else:
+                    others[other].append(i)
         for arm, idx in others.items():
             if idx:
                 self.score_off_path(arm, cfg, [features[i] for i in idx], [ids[i] for i in idx],
@@ -303,6 +307,12 @@ class RoutingEngine:
                                                 breaker=not pairing)
             except (ArmFailure, ArmRejected) as exc:
                 log.debug("off-path call to the %s failed: %s", arm, exc)
+                if pairs is not None:
+                    pairs["failed"].inc(len(ids))
+                return
+            except Exception as exc:  # a task that dies unseen would leave its rows unpaired and uncounted
+                rate_limited("off-path-error", "off-path call to the %s failed unexpectedly: %r", arm, exc,
+                             level=logging.ERROR)
                 if pairs is not None:
                     pairs["failed"].inc(len(ids))
                 return

@@ -195,7 +195,8 @@ SERVING = (
                ("reason",)),
     MetricSpec("kingmaker_router_pairs", Kind.COUNTER,
                "Split-mode pairing: answered rows also scored by the other arm (arm) off the response path, by "
-               "outcome=paired|failed|skipped (shadow_max_in_flight reached)|circuit_open|log_failed",
+               "outcome=paired|failed|skipped (shadow_max_in_flight reached)|circuit_open|log_failed|fallback (answered "
+               "by a fallback: the other arm had just failed the row)",
                ("arm", "outcome")),
     MetricSpec("kingmaker_router_challenger_weight", Kind.GAUGE,
                "Challenger share currently configured (0..1)"),

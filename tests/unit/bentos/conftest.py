@@ -169,9 +169,10 @@ async def wait_ready(client: httpx.AsyncClient, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
-def stub_arm(arm: str, version: str, *, status: int = 200, delay_s: float = 0.0, value: float = 0.9) -> Any:
-    """A fake Scorer (Starlette) for fault injection: fixed answers, a status code or a delay.
-    ``app.state.calls`` counts the scoring calls it received."""
+def stub_arm(arm: str, version: str, *, status: int = 200, delay_s: float = 0.0, value: float = 0.9,
+             answer: dict[str, Any] | None = None) -> Any:
+    """A fake Scorer (Starlette) for fault injection: fixed answers, a status code, a delay, or ``answer`` as
+    the body of every 200. ``app.state.calls`` counts the scoring calls it received."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse
@@ -189,6 +190,8 @@ def stub_arm(arm: str, version: str, *, status: int = 200, delay_s: float = 0.0,
             await asyncio.sleep(delay_s)
         if status != 200:
             return JSONResponse({"error": "injected"}, status_code=status)
+        if answer is not None:
+            return JSONResponse(answer)
         common = {"arm": arm, "model_name": "fraud-detector", "model_version": version, "threshold": 0.5}
         if request.url.path == "/score_batch":
             n = len(body["rows"])

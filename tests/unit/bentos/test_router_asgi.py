@@ -259,6 +259,42 @@ async def test_pairing_failures_never_touch_the_answer_nor_open_the_served_arms_
     assert len(log) == 12 and set(log["arm"]) == {"challenger"} and log["served"].all()
 
 
+async def test_a_malformed_answer_is_the_arms_failure_and_a_fallback_row_is_counted_unpaired(
+        scorer_env: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """All traffic on a challenger that answers 200 with a body that is no Scorer's answer: the champion answers
+    every row (a fallback, not a 500), the challenger's call counts as bad_response, and each row counts as
+    unpaired because of the fallback, so the pair outcomes add up to the answered rows."""
+    apps = {"http://champion": stub_arm("champion", "1"),
+            "http://challenger": stub_arm("challenger", "2", answer={"score": 0.5, "model_version": "2"})}
+    async with router(monkeypatch, tmp_path, apps, {"challenger_weight": 1.0, "pairing": "all"}) as h:
+        for i in range(3):
+            r = await h.client.post("/predict", json={"features": row(i), "request_id": f"m{i}"})
+            assert r.status_code == 200 and (r.json()["arm"], r.json()["fallback"]) == ("champion", True)
+        r = await h.client.post("/predict_batch", json={"rows": [{"features": row(i)} for i in range(4)]})
+        assert r.status_code == 200 and {(p["arm"], p["fallback"]) for p in r.json()["predictions"]} == {
+            ("champion", True)}
+        metrics = (await h.client.get("/metrics")).text
+    assert 'kingmaker_router_pairs_total{arm="challenger",outcome="fallback"} 7.0' in metrics
+    assert 'kingmaker_router_pairs_total{arm="challenger",outcome="paired"} 0.0' in metrics
+    bad = [line for line in metrics.splitlines() if line.startswith("kingmaker_router_upstream_requests_total{")
+           and 'arm="challenger"' in line and 'outcome="bad_response"' in line]
+    assert len(bad) == 1 and bad[0].endswith(" 4.0"), bad  # three singles, one batch
+    log = predictions(h.predictions_url)
+    assert len(log) == 7 and set(log["arm"]) == {"champion"} and log["served"].all()
+
+
+async def test_a_batch_answer_short_of_rows_is_a_bad_response(
+        scorer_env: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Fewer scores than rows: a 503 for the champion's fault (logged why), not a 500 from a mismatched zip."""
+    short = {"model_name": "fraud-detector", "model_version": "1", "threshold": 0.5, "scores": [0.1],
+             "decisions": [False]}
+    apps = {"http://champion": stub_arm("champion", "1", answer=short)}
+    async with router(monkeypatch, tmp_path, apps, {"challenger_weight": 0.0}) as h:
+        r = await h.client.post("/predict_batch", json={"rows": [{"features": row(i)} for i in range(3)]})
+    assert r.status_code == 503, r.text
+    assert "bad_response: unreadable answer (ValueError: 1 scores for 3 rows)" in caplog.text
+
+
 async def test_pairing_is_skipped_beyond_the_in_flight_limit(
         scorer_env: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # the champion takes 3 s: the first two pairing calls are still in flight while the other four requests arrive
