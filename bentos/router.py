@@ -288,9 +288,11 @@ class RoutingEngine:
         split mode's ``pairing`` for the arm that did not answer: its calls bypass the arm's circuit breaker
         (an off-path failure must not open the circuit of the rows the arm answers) and skip an open circuit."""
         client = self.pool.clients.get(arm)
-        if client is None:  # removed by a configuration change meanwhile
-            return
         pairs = self._pairs[arm] if pairing else None
+        if client is None:  # removed by a configuration change meanwhile
+            if pairs is not None:
+                pairs["failed"].inc(len(ids))
+            return
         if len(self._off_path) >= cfg.shadow_max_in_flight:
             client.count("shadow_skipped")
             if pairs is not None:
