@@ -33,41 +33,46 @@ from k8s.sequential import (
 
 def _mixture_by_hand(gains: list[float], null: float = 0.0, planned: float | None = None) -> list[float]:
     """The docstring's formula written out row by row, in plain Python: five even components at alpha 0.05, or,
-    with a planned horizon, 0.06 each and 0.7 on a sixth tuned to 1.3 x planned at level 0.05 x 0.7."""
+    with a planned horizon, 0.06 each and 0.7 on a sixth tuned to 1.3 x planned at level 0.05 x 0.7. Caps of 0.9
+    become 0.97 once an earlier gain (minus the null) was <= -0.5."""
     horizons, caps = [1e3, 4e3, 16e3, 64e3, 256e3], [0.5, 0.5, 0.9, 0.9, 0.9]
     weights, bars = [0.2] * 5, [math.log(20)] * 5
     if planned is not None:
         horizons, caps = [*horizons, 1.3 * planned], [*caps, 0.9]
         weights, bars = [0.06] * 5 + [0.7], [*bars, math.log(1 / 0.035)]
     wealth = [1.0] * len(horizons)
-    out, squares = [], 0.0
+    out, squares, lost = [], 0.0, False
     for t, g in enumerate(gains, start=1):
-        v = (squares + 1.0) / t  # earlier squared gains plus one pseudo-observation of 1
+        v = (squares + 0.3) / t  # earlier squared gains plus 0.3 of a pseudo-observation of 1
         for k, (h, c, bar) in enumerate(zip(horizons, caps, bars, strict=True)):
-            lam = min(math.sqrt(2 * bar / (v * h)), c / (1 + null))
+            cap = 0.97 if lost and c == 0.9 else c
+            lam = min(math.sqrt(2 * bar / (v * h)), cap / (1 + null))
             wealth[k] *= 1 + lam * (g - null)
         squares += (g - null) ** 2
+        lost = lost or g - null <= -0.5
         out.append(sum(w * x for w, x in zip(weights, wealth, strict=True)))
     return out
 
 
 def test_log_wealth_by_hand() -> None:
-    # t=1: v = 1, bets sqrt(2 log 20 / h) = 0.07741, 0.03870, 0.01935, 0.00968, 0.00484 (sum 0.14997) -> W = 1 + 0.5 * mean
-    first = sum(math.sqrt(2 * math.log(20) / h) for h in (1e3, 4e3, 16e3, 64e3, 256e3)) / 5
+    # t=1: v = 0.3, bets sqrt(2 log 20 / (0.3 h)) = 0.14132, 0.07066, 0.03533, 0.01767, 0.00883 (sum 0.27381)
+    # -> W = 1 + 0.5 * mean
+    first = sum(math.sqrt(2 * math.log(20) / (0.3 * h)) for h in (1e3, 4e3, 16e3, 64e3, 256e3)) / 5
     w = np.exp(log_wealth(np.array([0.5, 0.5, -0.2]), alpha=0.05))
-    assert w[0] == pytest.approx(1 + 0.5 * first, abs=1e-12) == pytest.approx(1.014997, abs=1e-6)
+    assert w[0] == pytest.approx(1 + 0.5 * first, abs=1e-12) == pytest.approx(1.027381, abs=1e-6)
     assert w == pytest.approx(_mixture_by_hand([0.5, 0.5, -0.2]), abs=1e-12)
     assert p_value(np.array([0.5, 0.5, -0.2]), alpha=0.05) == pytest.approx(1 / w.max(), abs=1e-12)
 
 
 def test_a_planned_horizon_adds_one_bettor_that_holds_most_of_the_wealth_by_hand() -> None:
-    # t=1: the planned bettor (h = 1.3 x 20,000 = 26,000, level 0.035) stakes sqrt(2 log(1/0.035) / 26,000) = 0.016058
-    # and holds 0.7 of the wealth; the five even ones hold 0.06 each: W1 = 1 + 0.5 (0.06 x 0.74987 + 0.7 x 0.016058)
+    # t=1 (v = 0.3): the planned bettor (h = 1.3 x 20,000 = 26,000, level 0.035) stakes
+    # sqrt(2 log(1/0.035) / (0.3 x 26,000)) = 0.029319 and holds 0.7 of the wealth; the five even ones hold 0.06 each:
+    # W1 = 1 + 0.5 (0.06 x 0.27381 + 0.7 x 0.029319)
     g = [0.5, 0.5, -0.2, 0.3]
     w = np.exp(log_wealth(np.array(g), alpha=0.05, planned=20_000))
-    planned_bet = math.sqrt(2 * math.log(1 / 0.035) / 26_000)
-    assert planned_bet == pytest.approx(0.016058, abs=1e-6)
-    even_bets = sum(math.sqrt(2 * math.log(20) / h) for h in (1e3, 4e3, 16e3, 64e3, 256e3))
+    planned_bet = math.sqrt(2 * math.log(1 / 0.035) / (0.3 * 26_000))
+    assert planned_bet == pytest.approx(0.029319, abs=1e-6)
+    even_bets = sum(math.sqrt(2 * math.log(20) / (0.3 * h)) for h in (1e3, 4e3, 16e3, 64e3, 256e3))
     assert w[0] == pytest.approx(1 + 0.5 * (0.06 * even_bets + 0.7 * planned_bet), abs=1e-12)
     assert w == pytest.approx(_mixture_by_hand(g, planned=20_000), abs=1e-12)
     assert p_value(np.array(g), alpha=0.05, planned=20_000) == pytest.approx(1 / w.max(), abs=1e-12)
@@ -85,6 +90,19 @@ def test_long_horizon_bets_hit_their_caps_after_a_run_of_tiny_gains() -> None:
     w = np.exp(log_wealth(np.array(g), alpha=0.05))
     assert w[-3:] == pytest.approx(_mixture_by_hand(g)[-3:], rel=1e-9)
     assert w[-2] < w[-3] * 0.75  # a full-range loss costs the capped components half their wealth
+
+
+def test_after_a_big_loss_the_caps_of_0_9_rise_to_0_97() -> None:
+    """Tiny gains bring every long-horizon bet to its cap; a lost discordant fraud (-0.97) is paid at 0.9, the wins
+    after it are bet at 0.97 (the 0.5 caps stay), and a loss of less than 1/2 raises nothing."""
+    g = [0.001] * 20_000 + [-0.97, 0.97, 0.97]
+    w = np.exp(log_wealth(np.array(g), alpha=0.05, planned=2_000))
+    assert w[-4:] == pytest.approx(_mixture_by_hand(g, planned=2_000)[-4:], rel=1e-9)
+    small = [0.001] * 20_000 + [-0.4, 0.97, 0.97]
+    w_small = np.exp(log_wealth(np.array(small), alpha=0.05, planned=2_000))
+    assert w_small[-4:] == pytest.approx(_mixture_by_hand(small, planned=2_000)[-4:], rel=1e-9)
+    # two wins at most multiply a component capped at 0.9 by (1 + 0.9 x 0.97)^2 = 3.508: only the risen caps pass it
+    assert w[-1] / w[-3] > (1 + 0.9 * 0.97) ** 2 > w_small[-1] / w_small[-3]
 
 
 def test_against_a_shifted_null_the_bet_is_capped_so_wealth_stays_positive() -> None:
