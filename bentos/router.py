@@ -307,14 +307,12 @@ class RoutingEngine:
             try:
                 answers = await self.pool.score(arm, features, ids, cfg.shadow_timeout_ms, single=single,
                                                 breaker=not pairing)
-            except (ArmFailure, ArmRejected) as exc:
-                log.debug("off-path call to the %s failed: %s", arm, exc)
-                if pairs is not None:
-                    pairs["failed"].inc(len(ids))
-                return
-            except Exception as exc:  # a task that dies unseen would leave its rows unpaired and uncounted
-                rate_limited("off-path-error", "off-path call to the %s failed unexpectedly: %r", arm, exc,
-                             level=logging.ERROR)
+            except Exception as exc:  # any error: a task that died unseen would leave its rows unpaired, uncounted
+                if isinstance(exc, (ArmFailure, ArmRejected)):
+                    log.debug("off-path call to the %s failed: %s", arm, exc)
+                else:
+                    rate_limited("off-path-error", "off-path call to the %s failed unexpectedly: %r", arm, exc,
+                                 level=logging.ERROR)
                 if pairs is not None:
                     pairs["failed"].inc(len(ids))
                 return
