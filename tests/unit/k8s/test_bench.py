@@ -88,9 +88,9 @@ def test_the_readme_table_puts_the_hindsight_floor_next_to_the_test() -> None:
            "amount_based_cost": False, "effect": 0.233, "planned_labels": 44_000, "promoted_by_50000": 0.46,
            "promoted": 0.99, "transactions": 150_000, "median_transactions_to_promotion": 52_500,
            "labels_for_80pct_power": 74_000, "z_test_labels_for_80pct_power": 44_000, "ratio_to_z_test": 74 / 44,
-           "best_constant_bet": 0.9, "best_constant_bet_ratio_to_z_test": 1.55, "rolled_back": 0.0}
+           "ratio_to_z_test_95pct": [1.6, None], "best_constant_bet": 0.9, "best_constant_bet_ratio_to_z_test": 1.55, "rolled_back": 0.0}
     line = readme_table({"real_power_shadow_noise3.5_planned": row}).splitlines()[-1]
-    assert line == ("| real | shadow | 23.3% | 44,000 | 46.0% | 99.0% of 150,000 | 52,500 | 74,000 / 44,000 (1.68x) "
+    assert line == ("| real | shadow | 23.3% | 44,000 | 46.0% | 99.0% of 150,000 | 52,500 | 74,000 / 44,000 (1.68x; 95 % CI 1.60–beyond the horizon) "
                     "| 1.55x (bet 0.9) | 0.0% |")
 
 
@@ -106,3 +106,29 @@ def test_the_frontier_table_reads_the_sign_model_next_to_the_measured_ratios() -
                             "real_power_paired_split_noise3.5_planned": planned, "power_shadow": {"sign_model": None}})
     assert table.splitlines()[2:] == [
         "| paired split 90/10 | 23.3% | 0.121 | 96.6% | 1.54x (bet 0.9) | 1.43x | 1.53x | 1.40x |"]
+
+
+def test_the_ratio_interval_collapses_when_every_run_is_alike() -> None:
+    from k8s.bench import ratio_interval
+
+    looks = np.array([500, 1000, 1500])
+    # every run promotes at 1,000 and every z-test rejects from the first look: 80 % power is reached at
+    # 500 + 0.8 * 500 = 900 labels (interpolated), the z-test's at 500, so every resample reads 1.8
+    lo, hi = ratio_interval(np.full(50, 1000.0), np.ones((50, 3), dtype=bool), looks)
+    assert lo == pytest.approx(1.8) and hi == pytest.approx(1.8)
+
+
+def test_the_ratio_interval_is_open_above_when_many_resamples_miss_80_percent() -> None:
+    from k8s.bench import ratio_interval
+
+    looks = np.array([500, 1000, 1500])
+    z = np.ones((40, 3), dtype=bool)
+    # 82.5 % of runs promote at 1,000, the rest never: the point estimate is (500 + 0.8 / 0.825 * 500) / 500
+    # = 1.97, but about a third of the resamples stay below 80 % power within the horizon
+    at = np.where(np.arange(40) < 33, 1000.0, np.inf)
+    lo, hi = ratio_interval(at, z, looks)
+    assert lo is not None and 1.8 < lo < 1.97 and hi is None
+    # with every run promoted by 1,500 and a spread of times, the interval has width and holds the estimate
+    at = np.where(np.arange(40) < 30, 1000.0, 1500.0)
+    lo, hi = ratio_interval(at, z, looks)
+    assert lo is not None and hi is not None and lo < labels_for_power([0.0, 0.75, 1.0], looks) / 500 < hi
