@@ -92,24 +92,32 @@ def labels_for_power(curve: Any, looks: Any, level: float = 0.8) -> float | None
     return x0 + (level - y0) * (x1 - x0) / (y1 - y0)
 
 
+def power_points(promoted_at: Any, z_significant: Any, looks: Any) -> tuple[float | None, float | None]:
+    """Labels for 80 % power of the test and of the z-test. ``promoted_at``: per run, the labels at which the test
+    promoted (``inf`` if it did not); ``z_significant``: per run and look, whether the z-test planned for that look
+    rejects."""
+    import numpy as np
+
+    at, looks = np.asarray(promoted_at, dtype=np.float64), np.asarray(looks)
+    return (labels_for_power((at[:, None] <= looks[None, :]).mean(axis=0), looks),
+            labels_for_power(np.asarray(z_significant).mean(axis=0), looks))
+
+
 def ratio_interval(promoted_at: Any, z_significant: Any, looks: Any, *, resamples: int = 400,
                    level: float = 0.95) -> tuple[float | None, float | None]:
-    """Bootstrap percentile interval (runs resampled) of the ratio labels for 80 % power, test / z-test.
+    """Bootstrap percentile interval (runs resampled) of the ratio of `power_points`, test / z-test.
 
-    ``promoted_at``: per run, the labels at which the test promoted (``inf`` if it did not); ``z_significant``:
-    per run and look, whether the z-test planned for that look rejects. Both curves come from the same resampled
-    runs, as the point estimate's do. An end is None where more than its tail of the resamples never reach 80 %
-    power within the horizon. Seeded, so the same runs always give the same interval.
+    Both curves come from the same resampled runs, as the point estimate's do. An end is None where more than its
+    tail of the resamples never reach 80 % power within the horizon. Seeded: the same runs give the same interval.
     """
     import numpy as np
 
-    at, z, looks = np.asarray(promoted_at, dtype=np.float64), np.asarray(z_significant), np.asarray(looks)
+    at, z = np.asarray(promoted_at, dtype=np.float64), np.asarray(z_significant)
     rng = np.random.default_rng(len(at))
     ratios = np.full(resamples, np.nan)
     for b in range(resamples):
         i = rng.integers(0, len(at), len(at))
-        n80 = labels_for_power((at[i, None] <= looks[None, :]).mean(axis=0), looks)
-        z80 = labels_for_power(z[i].mean(axis=0), looks)
+        n80, z80 = power_points(at[i], z[i], looks)
         if z80 is not None:
             ratios[b] = np.inf if n80 is None else n80 / z80
     if np.isnan(ratios).all():
@@ -271,9 +279,8 @@ def run(args: argparse.Namespace) -> int:
         e = results[c.name]
         promoted = e.verdict == Verdict.PROMOTE.value
         cell_looks = c.setup.looks
-        curve = [e.promoted_by(int(m)) for m in cell_looks]
-        n80 = labels_for_power(curve, cell_looks)
-        z80 = labels_for_power(e.z_power(), cell_looks)
+        promoted_at = np.where(promoted, e.at, np.inf)
+        n80, z80 = power_points(promoted_at, e.z_significant, cell_looks)
         bet_power = dict(zip(CONSTANT_BETS, e.constant_bet_power(), strict=True))
         reached = {bet: n for bet, power in bet_power.items() if (n := labels_for_power(power, cell_looks)) is not None}
         floor_bet = min(reached, key=reached.__getitem__) if reached else None
@@ -292,7 +299,7 @@ def run(args: argparse.Namespace) -> int:
             "median_transactions_to_promotion": float(np.median(e.at[promoted])) if promoted.any() else None,
             "labels_for_80pct_power": n80, "z_test_labels_for_80pct_power": z80,
             "ratio_to_z_test": n80 / z80 if n80 is not None and z80 is not None else None,
-            "ratio_to_z_test_95pct": ratio_interval(np.where(promoted, e.at, np.inf), e.z_significant, cell_looks)
+            "ratio_to_z_test_95pct": ratio_interval(promoted_at, e.z_significant, cell_looks)
             if n80 is not None and z80 is not None else None,
             "constant_bets_promoted_at_horizon": {f"{bet:g}": float(power[-1]) for bet, power in bet_power.items()},
             "best_constant_bet": floor_bet,
