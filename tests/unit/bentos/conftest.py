@@ -169,6 +169,14 @@ async def wait_ready(client: httpx.AsyncClient, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
+def metric(exposition: str, name: str, **labels: str) -> float:
+    """The sum of the samples called ``name`` whose labels include ``labels``, parsed from a /metrics page."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(s.value for family in text_string_to_metric_families(exposition) for s in family.samples
+               if s.name == name and labels.items() <= s.labels.items())
+
+
 def stub_arm(arm: str, version: str, *, status: int = 200, delay_s: float = 0.0, value: float = 0.9,
              answer: dict[str, Any] | None = None) -> Any:
     """A fake Scorer (Starlette) for fault injection: fixed answers, a status code, a delay, or ``answer`` as

@@ -17,7 +17,7 @@ import yaml
 from bentos.routing import choose_arm
 from kingmaker import logs
 
-from .conftest import FEATURES, Registry, both_arms, free_port, router, row, stub_arm, wait_ready
+from .conftest import FEATURES, Registry, both_arms, free_port, metric, router, row, stub_arm, wait_ready
 
 pytestmark = pytest.mark.anyio
 
@@ -85,7 +85,7 @@ async def test_challenger_faults_fall_back_to_the_champion(
                 assert r.json()["arm"] == "champion" and r.json()["fallback"] is True
                 assert r.headers["x-kingmaker-fallback"] == "true"
             metrics = (await h.client.get("/metrics")).text
-    assert "kingmaker_router_fallbacks_total" in metrics
+    assert metric(metrics, "kingmaker_router_fallbacks_total") == 8.0
     log = predictions(h.predictions_url)
     assert len(log) == 8 and set(log["arm"]) == {"champion"}  # only the arm that scored is logged
     if challenger is not None and fault != "rejected":
@@ -123,9 +123,8 @@ async def test_champion_fallback_to_the_challenger_is_opt_in_counted_and_visible
         routing = (await h.client.post("/routing", json={})).json()
         metrics = (await h.client.get("/metrics")).text
     assert routing["config"]["champion_fallback"] == "challenger" and routing["champion_fallbacks"] == 11
-    assert "kingmaker_router_champion_fallback_enabled 1.0" in metrics
-    counted = [ln for ln in metrics.splitlines() if ln.startswith("kingmaker_router_champion_fallbacks_total{")]
-    assert sum(float(ln.rsplit(" ", 1)[1]) for ln in counted) == 11.0
+    assert metric(metrics, "kingmaker_router_champion_fallback_enabled") == 1.0
+    assert metric(metrics, "kingmaker_router_champion_fallbacks_total") == 11.0
     log = predictions(h.predictions_url)
     assert len(log) == 11 and set(log["arm"]) == {"challenger"} and log["served"].all()
 
@@ -140,7 +139,8 @@ async def test_a_champion_refusal_is_passed_to_the_client(
         batch = await h.client.post("/predict_batch", json={"rows": [{"features": row(1)}, {"features": row(2)}]})
         assert batch.status_code == 422 and batch.json() == {"error": "injected"}
         metrics = (await h.client.get("/metrics")).text
-    assert 'kingmaker_router_upstream_requests_total{arm="champion",model_version="1",outcome="rejected"} 2.0' in metrics
+    assert metric(metrics, "kingmaker_router_upstream_requests_total", arm="champion", model_version="1",
+                  outcome="rejected") == 2.0
     assert predictions(h.predictions_url).empty
 
 
@@ -215,9 +215,8 @@ async def test_split_with_pairing_logs_both_arms_for_every_answered_request(
         assert set(rows["model_version"]) == set(scorer_env.versions.values())
     n_challenger = sum(a == "challenger" for a in served.values())
     # rows are counted by the arm that scored them off the path
-    assert f'kingmaker_router_pairs_total{{arm="champion",outcome="paired"}} {float(n_challenger)}' in metrics
-    assert (f'kingmaker_router_pairs_total{{arm="challenger",outcome="paired"}} {float(len(served) - n_challenger)}'
-            in metrics)
+    assert metric(metrics, "kingmaker_router_pairs_total", arm="champion", outcome="paired") == n_challenger
+    assert metric(metrics, "kingmaker_router_pairs_total", arm="challenger", outcome="paired") == len(served) - n_challenger
 
 
 async def test_pairing_samples_by_request_id_and_stops_at_weight_zero(
@@ -254,7 +253,7 @@ async def test_pairing_failures_never_touch_the_answer_nor_open_the_served_arms_
         metrics = (await h.client.get("/metrics")).text
     assert routing["arms"]["champion"]["circuit_open"] is False
     assert apps["http://champion"].state.calls == 12  # every pair was tried: no circuit skipped one
-    assert 'kingmaker_router_pairs_total{arm="champion",outcome="failed"} 12.0' in metrics
+    assert metric(metrics, "kingmaker_router_pairs_total", arm="champion", outcome="failed") == 12.0
     log = predictions(h.predictions_url)
     assert len(log) == 12 and set(log["arm"]) == {"challenger"} and log["served"].all()
 
@@ -274,11 +273,10 @@ async def test_a_malformed_answer_is_the_arms_failure_and_a_fallback_row_is_coun
         assert r.status_code == 200 and {(p["arm"], p["fallback"]) for p in r.json()["predictions"]} == {
             ("champion", True)}
         metrics = (await h.client.get("/metrics")).text
-    assert 'kingmaker_router_pairs_total{arm="challenger",outcome="fallback"} 7.0' in metrics
-    assert 'kingmaker_router_pairs_total{arm="challenger",outcome="paired"} 0.0' in metrics
-    bad = [line for line in metrics.splitlines() if line.startswith("kingmaker_router_upstream_requests_total{")
-           and 'arm="challenger"' in line and 'outcome="bad_response"' in line]
-    assert len(bad) == 1 and bad[0].endswith(" 4.0"), bad  # three singles, one batch
+    assert metric(metrics, "kingmaker_router_pairs_total", arm="challenger", outcome="fallback") == 7.0
+    assert metric(metrics, "kingmaker_router_pairs_total", arm="challenger", outcome="paired") == 0.0
+    # three singles, one batch
+    assert metric(metrics, "kingmaker_router_upstream_requests_total", arm="challenger", outcome="bad_response") == 4.0
     log = predictions(h.predictions_url)
     assert len(log) == 7 and set(log["arm"]) == {"champion"} and log["served"].all()
 
@@ -304,7 +302,7 @@ async def test_pairing_is_skipped_beyond_the_in_flight_limit(
         for i in range(6):
             assert (await h.client.post("/predict", json={"features": row(i), "request_id": f"k{i}"})).status_code == 200
         metrics = (await h.client.get("/metrics")).text
-    assert 'kingmaker_router_pairs_total{arm="champion",outcome="skipped"} 4.0' in metrics
+    assert metric(metrics, "kingmaker_router_pairs_total", arm="champion", outcome="skipped") == 4.0
     log = predictions(h.predictions_url)
     assert (~log["served"]).sum() == 2 and log["served"].sum() == 6
 
@@ -393,9 +391,9 @@ async def test_feedback(scorer_env: Registry, monkeypatch: pytest.MonkeyPatch, t
     assert labels == {"tx-0": 0, "tx-1": 0, "nobody": 1, "tx-2": 1}
     raw = logs.read(h.labels_url, ts_column="label_ts")
     assert len(raw) == 5  # the duplicate was not written again
-    assert 'kingmaker_feedback_labels_total{outcome="superseded"} 1.0' in metrics
-    assert 'kingmaker_feedback_unknown_ids_total 1.0' in metrics
-    assert 'kingmaker_auth_failures_total{path="/feedback",reason="missing"} 1.0' in metrics
+    assert metric(metrics, "kingmaker_feedback_labels_total", outcome="superseded") == 1.0
+    assert metric(metrics, "kingmaker_feedback_unknown_ids_total") == 1.0
+    assert metric(metrics, "kingmaker_auth_failures_total", path="/feedback", reason="missing") == 1.0
 
 
 async def test_feedback_is_closed_without_tokens(scorer_env: Registry, monkeypatch: pytest.MonkeyPatch,
@@ -425,7 +423,7 @@ async def test_weights_reload_without_restart(scorer_env: Registry, monkeypatch:
         assert routing["config"]["challenger_weight"] == 1.0 and "not valid YAML" in routing["config_error"]
         assert routing["arms"]["challenger"]["model"]["model_version"] == "2"
         metrics = (await h.client.get("/metrics")).text
-    assert 'kingmaker_router_config_reloads_total{outcome="invalid"} 1.0' in metrics
+    assert metric(metrics, "kingmaker_router_config_reloads_total", outcome="invalid") == 1.0
 
 
 async def test_router_metrics_count_per_arm(scorer_env: Registry, monkeypatch: pytest.MonkeyPatch,
@@ -436,13 +434,14 @@ async def test_router_metrics_count_per_arm(scorer_env: Registry, monkeypatch: p
                 for i in range(40)]
         metrics = (await h.client.get("/metrics")).text
     n = arms.count("challenger")
-    assert f'kingmaker_router_requests_total{{arm="challenger",code="200",mode="split",model_version="2"}} {float(n)}' in metrics
-    assert f'kingmaker_router_routed_total{{arm="champion",mode="split"}} {float(40 - n)}' in metrics
-    assert "kingmaker_router_request_duration_seconds_bucket" in metrics
+    assert metric(metrics, "kingmaker_router_requests_total", arm="challenger", code="200", mode="split",
+                  model_version="2") == n
+    assert metric(metrics, "kingmaker_router_routed_total", arm="champion", mode="split") == 40 - n
+    assert metric(metrics, "kingmaker_router_request_duration_seconds_count") == 40
     # calls to an arm carry the version it serves: the controller's guardrails read the version under test
-    upstream = 'kingmaker_router_upstream_requests_total{arm="challenger",model_version="2",outcome="ok"}'
-    assert f"{upstream} {float(n)}" in metrics
-    assert 'kingmaker_router_upstream_duration_seconds_count{arm="champion",model_version="1"}' in metrics
+    assert metric(metrics, "kingmaker_router_upstream_requests_total", arm="challenger", model_version="2",
+                  outcome="ok") == n
+    assert metric(metrics, "kingmaker_router_upstream_duration_seconds_count", arm="champion", model_version="1") == 40 - n
 
 
 async def test_readiness_turns_false_on_sigterm_before_the_server_stops(
