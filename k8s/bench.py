@@ -277,9 +277,9 @@ def run(args: argparse.Namespace) -> int:
 
     def summary(c: Cell) -> dict[str, Any]:
         e = results[c.name]
-        promoted = e.verdict == Verdict.PROMOTE.value
         cell_looks = c.setup.looks
-        promoted_at = np.where(promoted, e.at, np.inf)
+        promoted_at = e.promoted_at()
+        promoted = np.isfinite(promoted_at)
         n80, z80 = power_points(promoted_at, e.z_significant, cell_looks)
         bet_power = dict(zip(CONSTANT_BETS, e.constant_bet_power(), strict=True))
         reached = {bet: n for bet, power in bet_power.items() if (n := labels_for_power(power, cell_looks)) is not None}

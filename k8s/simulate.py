@@ -205,8 +205,12 @@ class Experiments:
     def rate(self, verdict: Verdict) -> float:
         return float(np.mean(self.verdict == verdict.value))
 
+    def promoted_at(self) -> Floats:
+        """Per run: the labelled transactions at which it was promoted, ``inf`` if it was not."""
+        return np.where(self.verdict == Verdict.PROMOTE.value, self.at, np.inf)
+
     def promoted_by(self, transactions: int) -> float:
-        return float(np.mean((self.verdict == Verdict.PROMOTE.value) & (self.at <= transactions)))
+        return float(np.mean(self.promoted_at() <= transactions))
 
 
 def missed_costs(stream: ArmStream, cost: CostMatrix) -> Floats:
