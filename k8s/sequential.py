@@ -423,7 +423,7 @@ def log_wealth(gains: Floats, null: float = 0.0, *, alpha: float, planned: float
     total = np.zeros_like(y)
     step = np.empty_like(y)
     for b in bettors(alpha, planned):
-        # the bet, lambda_{k,t} = min(sqrt(2 log(1/level) / (v h)), cap, or the cap after a big loss)
+        # the bet, lambda_{k,t} = min(sqrt(2 log(1/level) / (v h)) [or the catch-up bet, if larger], cap [after a loss])
         np.multiply(root, math.sqrt(math.log(1.0 / b.level) / b.horizon), out=step)
         if b.aim is not None:
             np.maximum(step, catch_up_bet(y, second_moment, b.aim, b.level), out=step)
