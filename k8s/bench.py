@@ -296,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
             "runs": len(e.verdict), "promoted": e.rate(Verdict.PROMOTE), "rolled_back": e.rate(Verdict.ROLLBACK),
             "held_to_the_end": e.rate(Verdict.NONE),
             f"promoted_by_{POWER_AT}": e.promoted_by(POWER_AT) if c.setup.transactions >= POWER_AT else None,
-            "median_transactions_to_promotion": float(np.median(e.at[promoted])) if promoted.any() else None,
+            "median_transactions_to_promotion": float(np.median(promoted_at[promoted])) if promoted.any() else None,
             "labels_for_80pct_power": n80, "z_test_labels_for_80pct_power": z80,
             "ratio_to_z_test": n80 / z80 if n80 is not None and z80 is not None else None,
             "ratio_to_z_test_95pct": ratio_interval(promoted_at, e.z_significant, cell_looks)
