@@ -91,7 +91,7 @@ class Policy:
     planned_labels: int | None = field(
         default=None, metadata=_doc("expected-cost and recall: the labelled transactions a fixed-horizon test would "
                                     "need for the smallest effect worth detecting (a power calculation's n); the "
-                                    "sequential test then bets mostly for that horizon and needed 1.4-1.7x it, an "
+                                    "sequential test then bets mostly for that horizon and needed 1.3-1.6x it, an "
                                     "unplanned one 1.6-1.8x (bench promotion); unset: bets spread evenly from 1k to "
                                     "256k"))
     cost: CostMatrix = field(default_factory=CostMatrix, metadata=_doc("the cost matrix"))
