@@ -269,6 +269,26 @@ def prometheus_config(targets: Path, controller_port: int, pushgateway: str | No
             "scrape_configs": scrape}
 
 
+def wait_for_first_scrape(prometheus: str, targets: Path, timeout_s: float = 30.0) -> bool:
+    """Until Prometheus has scraped every serving target once, so that the replay's traffic falls between scrapes:
+    under load its first scrape came after a fast replay had ended, and the latency and error-rate windows read
+    nothing. False (after ``timeout_s``) if it has not."""
+    from kingmaker import localstack
+
+    want = len(json.loads(targets.read_text())[0]["targets"])
+    api = localstack.PrometheusHTTP(prometheus)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            up = api.query('count(up{job="kingmaker-serving"} == 1)')
+            if up and float(up[0]["value"][1]) >= want:
+                return True
+            time.sleep(0.5)
+        return False
+    finally:
+        api.close()
+
+
 def policy_document(args: argparse.Namespace, label_delay_s: int, interval_s: int) -> dict[str, Any]:
     return {"apiVersion": "kingmaker.io/v1alpha1", "kind": "ChampionChallenger", "metadata": {"name": NAME},
             "spec": {"modelName": NAME, "traffic": {"mode": args.mode, "challengerWeight": args.weight},
@@ -439,6 +459,9 @@ def run(args: argparse.Namespace) -> int:
                                                             env=env, stop=signal.SIGINT))
         print(f"  router {router}, prometheus {prometheus or '(none)'}, pushgateway {pushgateway or '(none)'}, "
               f"controller metrics :{controller_port}, policy {policy_path}", flush=True)
+        if prometheus and not wait_for_first_scrape(prometheus, targets.path):
+            print("warning: Prometheus has not scraped the Router and both arms within 30 s; the report's latency "
+                  "percentiles and the guardrails may miss the replay", file=sys.stderr, flush=True)
 
         drift_runs: list[Path] = []
 
