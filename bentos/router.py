@@ -44,7 +44,7 @@ from bentos.answers import RateLimitedLog, Unavailable, answers_refusals
 from bentos.arms import UPSTREAM_OUTCOMES, ArmAnswer, ArmFailure, ArmPool, ArmRejected
 from bentos.config import ConfigWatcher
 from bentos.feedback import Feedback, FeedbackStore
-from bentos.lifecycle import Drain, fix_bentoml_request_timers, settle_heap
+from bentos.lifecycle import Drain, fix_bentoml_request_timers, settle_heap, show_info_logs
 from bentos.messages import (
     HEADER_ARM,
     HEADER_FALLBACK,
@@ -404,12 +404,15 @@ class Router:
     async def _start(self) -> None:
         if self.drain.install():  # under a real server (not in-process tests)
             settle_heap()
+            show_info_logs()
         self.arms.start()  # discovery needs the server's event loop
 
     def __is_ready__(self) -> bool:
         return self.arms.schema is not None and not self.drain.draining
 
-    def __metrics__(self, content: str) -> str:
+    async def __metrics__(self, content: str) -> str:
+        """Async, so BentoML runs it in the event loop: a config reload seen here re-points arms, and that
+        must happen where their discovery can be scheduled (a sync hook runs in a worker thread)."""
         self._set_gauges(self.config.current())
         self.metrics.gauge("kingmaker_prediction_log_lag_seconds").set(self.predictions.lag_seconds)
         return content + self.metrics.exposition()

@@ -498,6 +498,28 @@ async def test_arms_follow_urls_in_the_config_file(scorer_env: Registry, monkeyp
     assert new.state.calls == 1 and old.state.calls == 1
 
 
+async def test_an_arm_moved_while_prometheus_scrapes_is_discovered(scorer_env: Registry,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Path) -> None:
+    """A scrape of /metrics that is the first to see the new URL re-points the arm in the event loop. It ran
+    in a worker thread (BentoML calls a sync ``__metrics__`` there): the new client was installed, but its
+    discovery could not be scheduled, so the arm never reported its version and `kingmaker serve` gave up."""
+    apps = {"http://champion": stub_arm("champion", "1"), "http://challenger": stub_arm("challenger", "2"),
+            "http://challenger-v3": stub_arm("challenger", "3")}
+    async with router(monkeypatch, tmp_path, apps, {"challenger_weight": 1.0}) as h:
+        await wait_ready(h.client)
+        h.config_path.write_text(yaml.safe_dump({"mode": "split", "salt": "test", "challenger_weight": 1.0,
+                                                 "challenger_url": "http://challenger-v3"}))
+        await asyncio.sleep(1.1)
+        assert (await h.client.get("/metrics")).status_code == 200
+        for _ in range(50):
+            routing = (await h.client.post("/routing", json={})).json()
+            if routing["arms"]["challenger"]["model"]:
+                break
+            await asyncio.sleep(0.02)
+        assert routing["arms"]["challenger"]["model"]["model_version"] == "3"
+
+
 @pytest.mark.parametrize("request_id", ["tx-€", "tx-😀", "tx-\u0001", "tx\r\nX-Injected: 1", "has space", "x" * 129])
 async def test_a_request_id_that_cannot_be_a_header_is_a_400_and_no_arm_failure(
         request_id: str, scorer_env: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
