@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import secrets
 import signal
@@ -131,6 +132,15 @@ class Watch:
     coming_back: bool = False  # restarted, not ready yet
 
 
+@dataclass
+class Retry:
+    """An arms-file generation `Supervisor.follow` could not apply in full: tried again at ``at``."""
+
+    generation: int
+    backoff: Backoff
+    at: float = 0.0
+
+
 class Supervisor:
     """The local processes: one Scorer per arm and the Router; restarts the dead ones, re-points arms on request."""
 
@@ -147,6 +157,7 @@ class Supervisor:
         self.versions: dict[str, str] = {}
         self.router: ServiceProcess | None = None
         self.watches: dict[str, Watch] = {}  # by service name
+        self.retry: Retry | None = None  # an arms-file generation not yet fully applied
 
     def start_arm(self, arm: str, model_uri: str, port: int) -> ServiceProcess:
         from bentos import procs
@@ -190,8 +201,9 @@ class Supervisor:
     def services(self) -> list[ServiceProcess]:
         return [*self.arms.values(), *([self.router] if self.router else [])]
 
-    def repoint(self, arm: str, version: str | None) -> None:
-        """Serve ``version`` on ``arm`` (None: no such arm) without dropping a request."""
+    def repoint(self, arm: str, version: str | None) -> bool:
+        """Serve ``version`` on ``arm`` (None: no such arm) without dropping a request. False (and said
+        why) when it could not: the arm serves what it served before."""
         from bentos import procs
         from kingmaker import arms as arms_file
 
@@ -199,21 +211,26 @@ class Supervisor:
         old = self.arms.get(arm)
         if version is None:
             if old is None:
-                return
+                return True
             _update_config(self.config_path, challenger_url="")
-            self._wait_router(arm, None)
+            try:
+                self._wait_router(arm, None)
+            except TemporaryError as exc:
+                _update_config(self.config_path, challenger_url=old.url)
+                print(f"cannot remove the {arm} arm: {exc}", file=sys.stderr, flush=True)
+                return False
             del self.arms[arm]
             was = self.versions.pop(arm, "?")
             old.stop()
             print(f"{arm} arm removed (it served v{was})", flush=True)
-            return
+            return True
         new = self.start_arm(arm, arms_file.model_uri(self.model_name, version), procs.free_port(self.host))
         try:
             new.wait_ready(self.ready_timeout)
         except (PermanentError, TemporaryError) as exc:
             new.kill()
             print(f"cannot re-point the {arm} arm to v{version}: {exc}", file=sys.stderr, flush=True)
-            return
+            return False
         _update_config(self.config_path, **{f"{arm}_url": new.url})
         try:
             self._wait_router(arm, version)
@@ -221,39 +238,58 @@ class Supervisor:
             _update_config(self.config_path, **{f"{arm}_url": old.url if old else ""})
             new.stop()
             print(f"cannot re-point the {arm} arm to v{version}: {exc}", file=sys.stderr, flush=True)
-            return
+            return False
         self.arms[arm] = new
         self.versions[arm] = version
         if old is not None:
             old.stop()  # SIGTERM: its in-flight requests finish first
         print(f"{arm} arm now serves v{version} at {new.url}", flush=True)
+        return True
 
     def _wait_router(self, arm: str, version: str | None, timeout: float = 15.0) -> None:
         """Until the Router's ``arm`` answers with ``version`` (None: until it has no such arm)."""
         assert self.router is not None
         deadline = time.monotonic() + timeout
+        last = "nothing"
         while time.monotonic() < deadline:
             try:
-                if _router_arm_version(self.router.url, arm) == version:
+                now = _router_arm_version(self.router.url, arm)
+                if now == version:
                     return
-            except OSError:
-                pass
+                last = f"v{now}" if now else "no version (no such arm, or not discovered yet)"
+            except OSError as exc:
+                last = f"an error ({exc})"
             time.sleep(0.2)
-        raise TemporaryError(f"the Router did not switch its {arm} arm to {version or 'none'} within {timeout:.0f}s")
+        raise TemporaryError(f"the Router did not switch its {arm} arm to {version or 'none'} within {timeout:.0f}s "
+                             f"(/routing last said {last})")
 
     def follow(self, arms_path: Path, seen: int) -> int:
-        """Apply a new generation of the arms file; returns the generation now applied."""
+        """Apply a new generation of the arms file; returns the generation now applied. A generation that
+        could not be applied in full is tried again after a backoff (5 s, doubling to 60 s), until it is
+        applied or a newer one replaces it: the controller holds its promotion until serving matches."""
         from kingmaker import arms as arms_file
 
         current = arms_file.read(arms_path)
         if current.generation == seen or current.champion is None:
             return seen
-        print(f"{arms_path} generation {current.generation}: champion v{current.champion}, challenger "
-              f"{'none' if current.challenger is None else 'v' + current.challenger}", flush=True)
-        for arm, version in (("champion", current.champion), ("challenger", current.challenger)):
-            if self.versions.get(arm) != version:
-                self.repoint(arm, version)  # on failure it says so and keeps the arm as it was
-        return current.generation
+        now = self.clock()
+        retry = self.retry if self.retry is not None and self.retry.generation == current.generation else None
+        if retry is not None and now < retry.at:
+            return seen
+        print(f"{arms_path} generation {current.generation}{' (again)' if retry else ''}: champion "
+              f"v{current.champion}, challenger {'none' if current.challenger is None else 'v' + current.challenger}",
+              flush=True)
+        wanted = (("champion", current.champion), ("challenger", current.challenger))
+        applied = [self.repoint(arm, version) for arm, version in wanted if self.versions.get(arm) != version]
+        if all(applied):
+            self.retry = None
+            return current.generation
+        retry = retry or Retry(current.generation, Backoff(first_s=5.0, max_s=60.0, stable_s=math.inf))
+        delay = retry.backoff.next_delay(0.0)
+        retry.at, self.retry = self.clock() + delay, retry
+        print(f"generation {current.generation} is not applied yet; trying again in {delay:.0f}s "
+              f"(attempt {retry.backoff.restarts + 1})", file=sys.stderr, flush=True)
+        return seen
 
     def stop(self) -> None:
         if self.router is not None:

@@ -1,9 +1,12 @@
-"""`kingmaker serve` restarts a dead child with backoff (`bentos.cli.Backoff`); the real restart under load is
-tested with real processes in tests/integration/test_bentos_faults.py."""
+"""`kingmaker serve` restarts a dead child with backoff (`bentos.cli.Backoff`) and tries a re-point again; the real
+restart under load is tested with real processes in tests/integration/test_bentos_faults.py."""
 
 from __future__ import annotations
 
-from bentos.cli import Backoff
+from pathlib import Path
+
+from bentos.cli import Backoff, Supervisor
+from kingmaker import arms
 
 
 def test_backoff_doubles_up_to_a_cap_and_resets_after_a_stable_run() -> None:
@@ -12,3 +15,39 @@ def test_backoff_doubles_up_to_a_cap_and_resets_after_a_stable_run() -> None:
     assert b.restarts == 7
     assert b.next_delay(ran_for_s=61.0) == 1.0  # it had run a minute: a new crash, not a crash loop
     assert b.next_delay(ran_for_s=0.5) == 2.0
+
+
+def test_a_generation_that_could_not_be_applied_is_tried_again_with_backoff(tmp_path: Path) -> None:
+    """A failed re-point used to mark the generation applied: the arm stayed old while the arms file (and
+    the controller) said new, for good. Now it is tried again at 5 s, 10 s, ... until it is applied."""
+    now = [0.0]
+    sup = Supervisor("127.0.0.1", "fraud-detector", tmp_path / "router.yaml", tmp_path, 1.0, clock=lambda: now[0])
+    sup.versions = {"champion": "1", "challenger": "2"}
+    outcomes = iter([False, False, True])
+    calls: list[tuple[float, str, str | None]] = []
+
+    def repoint(arm: str, version: str | None) -> bool:
+        calls.append((now[0], arm, version))
+        ok = next(outcomes)
+        if ok:
+            sup.versions[arm] = version or ""
+        return ok
+
+    sup.repoint = repoint  # type: ignore[method-assign]
+    path = tmp_path / arms.FILE_NAME
+    arms.write(path, "fraud-detector", "1", "3", generation=2)
+    seen = 1
+    for t in [0.0, 1.0, 4.9, 5.0, 6.0, 14.9, 15.0, 16.0]:
+        now[0] = t
+        seen = sup.follow(path, seen)
+        assert seen == (2 if t >= 15.0 else 1), t
+    assert calls == [(0.0, "challenger", "3"), (5.0, "challenger", "3"), (15.0, "challenger", "3")]
+    assert sup.retry is None
+
+    arms.write(path, "fraud-detector", "1", "4", generation=3)  # a newer generation starts a fresh backoff
+    outcomes = iter([False, True])
+    now[0] = 20.0
+    assert sup.follow(path, seen) == 2
+    arms.write(path, "fraud-detector", "1", "5", generation=4)
+    assert sup.follow(path, seen) == 4  # not held back by the failed generation's backoff
+    assert calls[-2:] == [(20.0, "challenger", "4"), (20.0, "challenger", "5")]
