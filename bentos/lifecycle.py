@@ -82,6 +82,15 @@ def settle_heap() -> None:
     gc.freeze()
 
 
+def show_info_logs() -> None:
+    """Let this package's INFO lines through under ``bentoml serve``, whose logging passes only warnings from
+    loggers other than its own. They are rare events worth reading afterwards: an arm re-pointed or
+    discovered, a config reloaded, a model loaded, the prediction log flushed at shutdown."""
+    logger = logging.getLogger(__name__.partition(".")[0])
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+
+
 class Drain:
     def __init__(self, delay_s: float = 0.0):
         self.delay_s = delay_s

@@ -53,7 +53,7 @@ from starlette.routing import Route
 from bentos import auth, edge, model_cache
 from bentos.answers import Refusal, answers_refusals, error_body, error_response
 from bentos.arrow_input import ARROW_FILE, ARROW_STREAM, read_table
-from bentos.lifecycle import Drain, fix_bentoml_request_timers, settle_heap
+from bentos.lifecycle import Drain, fix_bentoml_request_timers, settle_heap, show_info_logs
 from bentos.messages import (
     HEADER_ARM,
     HEADER_MODEL_NAME,
@@ -284,6 +284,7 @@ class Scorer:
     def _started(self) -> None:
         if self.drain.install():  # under a real server (not in-process tests)
             settle_heap()
+            show_info_logs()
 
     def __is_ready__(self) -> bool:
         return self._engine is not None and not self.drain.draining

@@ -105,6 +105,9 @@ def test_kingmaker_serve_follows_the_arms_file(serving_home: Path, tmp_path: Pat
         out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
     assert "challenger arm now serves v1" in out
+    router_log = (home / "serving" / "logs" / "router.log").read_text()  # the Router says what it did
+    assert "challenger arm moves from" in router_log and "fraud-detector version 1" in router_log, router_log[-3000:]
+    assert "prediction log flushed" in router_log, router_log[-3000:]
 
 
 @pytest.mark.parametrize("role", ["scorer", "router"])
