@@ -51,6 +51,8 @@ NAMESPACE = "kingmaker-demo"
 RESOURCE = {"namespace": NAMESPACE, "championchallenger": NAME}
 ROOT = Path(__file__).resolve().parents[1]
 LOOK_EVERY_S = 5  # seconds between the controller's looks (its --interval)
+SERVING_JOB = "kingmaker-serving"  # the demo Prometheus's job for the Router and the arms
+FIRST_SCRAPE_TIMEOUT_S = 30.0  # how long the replay waits for Prometheus's first scrape of them
 RUNTIME_STATE = ("logs", "serving", "controller", "drift")  # what a previous run leaves in $KINGMAKER_HOME
 
 #: The promotion policy, fixed before any measurement of who wins on this data (not tuned to promote).
@@ -258,7 +260,7 @@ class _Drain:
 
 def prometheus_config(targets: Path, controller_port: int, pushgateway: str | None) -> dict[str, Any]:
     scrape: list[dict[str, Any]] = [
-        {"job_name": "kingmaker-serving", "file_sd_configs": [{"files": [str(targets)], "refresh_interval": "1s"}]},
+        {"job_name": SERVING_JOB, "file_sd_configs": [{"files": [str(targets)], "refresh_interval": "1s"}]},
         {"job_name": "kingmaker-controller",  # its series name their resource themselves
          "static_configs": [{"targets": [f"127.0.0.1:{controller_port}"], "labels": {"namespace": NAMESPACE}}]}]
     if pushgateway:
@@ -269,7 +271,7 @@ def prometheus_config(targets: Path, controller_port: int, pushgateway: str | No
             "scrape_configs": scrape}
 
 
-def wait_for_first_scrape(prometheus: str, targets: Path, timeout_s: float = 30.0) -> bool:
+def wait_for_first_scrape(prometheus: str, targets: Path, timeout_s: float = FIRST_SCRAPE_TIMEOUT_S) -> bool:
     """Until Prometheus has scraped every serving target once, so that the replay's traffic falls between scrapes:
     under load its first scrape came after a fast replay had ended, and the latency and error-rate windows read
     nothing. False (after ``timeout_s``) if it has not."""
@@ -280,7 +282,7 @@ def wait_for_first_scrape(prometheus: str, targets: Path, timeout_s: float = 30.
     try:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            up = api.query('count(up{job="kingmaker-serving"} == 1)')
+            up = api.query(f'count(up{{job="{SERVING_JOB}"}} == 1)')
             if up and float(up[0]["value"][1]) >= want:
                 return True
             time.sleep(0.5)
@@ -460,8 +462,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  router {router}, prometheus {prometheus or '(none)'}, pushgateway {pushgateway or '(none)'}, "
               f"controller metrics :{controller_port}, policy {policy_path}", flush=True)
         if prometheus and not wait_for_first_scrape(prometheus, targets.path):
-            print("warning: Prometheus has not scraped the Router and both arms within 30 s; the report's latency "
-                  "percentiles and the guardrails may miss the replay", file=sys.stderr, flush=True)
+            print(f"warning: Prometheus has not scraped the Router and both arms within {FIRST_SCRAPE_TIMEOUT_S:.0f} s; "
+                  "the report's latency percentiles and the guardrails may miss the replay", file=sys.stderr, flush=True)
 
         drift_runs: list[Path] = []
 
