@@ -249,7 +249,8 @@ class ArmPool:
 
     def apply(self, cfg: RouterConfig) -> None:
         """Point each arm's client at its URL. A replaced client keeps serving the requests it has in
-        flight and is closed once they are done (after the longest timeout)."""
+        flight and is closed once they are done (after the longest timeout). Call it in the server's event
+        loop once started (it schedules the new client's discovery there), never from a worker thread."""
         wanted = self.urls(cfg)
         linger_s = max(cfg.champion_timeout_ms, cfg.challenger_timeout_ms, cfg.shadow_timeout_ms) / 1000 + 1
         for arm in (Arm.CHAMPION, Arm.CHALLENGER):
