@@ -253,10 +253,10 @@ class Supervisor:
         last = "nothing"
         while time.monotonic() < deadline:
             try:
-                now = _router_arm_version(self.router.url, arm)
-                if now == version:
+                reported = _router_arm_version(self.router.url, arm)
+                if reported == version:
                     return
-                last = f"v{now}" if now else "no version (no such arm, or not discovered yet)"
+                last = f"v{reported}" if reported else "no version (no such arm, or not discovered yet)"
             except OSError as exc:
                 last = f"an error ({exc})"
             time.sleep(0.2)
