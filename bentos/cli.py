@@ -212,11 +212,11 @@ class Supervisor:
         if version is None:
             if old is None:
                 return True
-            _update_config(self.config_path, challenger_url="")
+            _update_config(self.config_path, **{f"{arm}_url": ""})
             try:
                 self._wait_router(arm, None)
             except TemporaryError as exc:
-                _update_config(self.config_path, challenger_url=old.url)
+                _update_config(self.config_path, **{f"{arm}_url": old.url})
                 print(f"cannot remove the {arm} arm: {exc}", file=sys.stderr, flush=True)
                 return False
             del self.arms[arm]
