@@ -60,9 +60,9 @@ distribution-free test that needs no normal approximation and no planned horizon
    for the smallest effect worth detecting) adds one bettor with `PLANNED_WEIGHT` of the starting wealth; the even
    mixture keeps the rest, so larger effects still decide early and a wrong plan costs power, never validity (the
    weights are fixed in advance). It bets the constant tuned to `PLANNED_STRETCH` x that n or, when larger, the
-   `catch_up_bet`: the bet that replicates a one-look test at `AIM_STRETCH` x n at its level ``alpha *
-   PLANNED_WEIGHT`` (the slope of ``log P(S_aim >= c | S_{t-1})`` under a random walk with the running variance),
-   so a run that falls behind that test's path bets more instead of being written off. A constant bet cannot
+   `catch_up_bet`: the bet that replicates a one-look test at `aim_stretch` x n (1.09 at alpha 0.05) at its level
+   ``alpha * PLANNED_WEIGHT`` (the slope of ``log P(S_aim >= c | S_{t-1})`` under a random walk with the running
+   variance), so a run that falls behind that test's path bets more instead of being written off. A constant bet cannot
    do better than the SPRT's ~1.4x the z-test's labels (8.6 / delta^2 against 6.2 / delta^2 for 80 % power);
    aiming at a known horizon can. Measured in the benchmark where the plan matches the effect: 1.31x and 1.37x
    the z-test's labels for 80 % power on the synthetic bench, below the best constant bet picked in hindsight
@@ -155,13 +155,14 @@ PLANNED_WEIGHT = 0.8
 PLANNED_STRETCH = 1.3
 PLANNED_CAP = 0.97
 PLANNED_CAP_AFTER_LOSS = 0.99
-#: The planned bettor also aims at the fixed-horizon verdict at ``AIM_STRETCH`` x the plan (`catch_up_bet`): the n
-#: where a one-look test at its level ``alpha * PLANNED_WEIGHT`` has the plan's power,
-#: ``((z_0.04 + z_0.8) / (z_0.05 + z_0.8))^2 = 1.09``. Past that n it keeps aiming ``AIM_FLOOR`` x the plan ahead.
-#: Measured with the catch-up bet alone (no constant floor) on 200 synthetic shadow runs: aimed at 1.0x, 1.15x and 1.3x
-#: the plan it needed 1.66x, 1.26x and 1.30x the z-test's labels for 80 % power; with the floor, keeping 0.25x or 0.5x
-#: of the plan ahead past it (instead of 0.05x) needed 1-5 % more on the synthetic cells (800 runs each).
-AIM_STRETCH = 1.09
+#: The planned bettor also aims at the fixed-horizon verdict at `aim_stretch` x the plan (`catch_up_bet`): the n
+#: where a one-look test at its level ``alpha * PLANNED_WEIGHT`` has the plan's power `PLAN_POWER`,
+#: ``((z_{0.8 alpha} + z_0.8) / (z_alpha + z_0.8))^2`` (1.09 at alpha 0.05, 1.05 at 0.01, 1.12 at 0.1). Past that n
+#: it keeps aiming ``AIM_FLOOR`` x the plan ahead. Measured with the catch-up bet alone (no constant floor) on 200
+#: synthetic shadow runs: aimed at 1.0x, 1.15x and 1.3x the plan it needed 1.66x, 1.26x and 1.30x the z-test's labels
+#: for 80 % power; with the floor, keeping 0.25x or 0.5x of the plan ahead past it (instead of 0.05x) needed 1-5 %
+#: more on the synthetic cells (800 runs each).
+PLAN_POWER = 0.8
 AIM_FLOOR = 0.05
 #: The bets' second-moment regulariser: 0.3 of a pseudo-observation of a full-range gain (|g| = 1), so a short
 #: run of near-zero gains cannot make the bets large before the first large gain is seen. 1.0 held back the first
@@ -394,8 +395,15 @@ def bettors(alpha: float, planned: float | None = None) -> tuple[Bettor, ...]:
     if planned is not None:
         plan = max(planned, 1.0)
         out.append(Bettor(PLANNED_STRETCH * plan, PLANNED_CAP, PLANNED_CAP_AFTER_LOSS, PLANNED_WEIGHT,
-                          alpha * PLANNED_WEIGHT, AIM_STRETCH * plan))
+                          alpha * PLANNED_WEIGHT, aim_stretch(alpha) * plan))
     return tuple(out)
+
+
+def aim_stretch(alpha: float) -> float:
+    """Where the planned bettor aims, in plans: the n at which a one-look z-test at its share of the level,
+    ``alpha * PLANNED_WEIGHT``, has the power `PLAN_POWER` that a one-look test at ``alpha`` has at the plan."""
+    power = stats.norm.isf(1.0 - PLAN_POWER)
+    return float(((stats.norm.isf(alpha * PLANNED_WEIGHT) + power) / (stats.norm.isf(alpha) + power)) ** 2)
 
 
 def catch_up_bet(y: Floats, second_moment: Floats, aim: float, level: float) -> Floats:

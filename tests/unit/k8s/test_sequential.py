@@ -11,8 +11,10 @@ from sklearn.metrics import average_precision_score
 
 from k8s import sequential
 from k8s.sequential import (
+    aim_stretch,
     average_precision,
     betting_test,
+    bettors,
     block_thresholds,
     catch_up_bet,
     cost_scale,
@@ -45,8 +47,8 @@ def _catch_up_by_hand(total: float, v: float, t: int, aim: float, level: float) 
 def _mixture_by_hand(gains: list[float], null: float = 0.0, planned: float | None = None) -> list[float]:
     """The docstring's formula written out row by row, in plain Python: five even components at alpha 0.05, or,
     with a planned horizon, 0.04 each and 0.8 on a sixth tuned to 1.3 x planned at level 0.05 x 0.8 that bets at
-    least the catch-up bet towards 1.09 x planned. Caps of 0.97 become 0.99 once an earlier gain (minus the null)
-    was <= -0.5."""
+    least the catch-up bet towards 1.086938 x planned (`aim_stretch`, tested below). Caps of 0.97 become 0.99 once
+    an earlier gain (minus the null) was <= -0.5."""
     horizons, caps = [1e3, 4e3, 16e3, 64e3, 256e3], [0.5, 0.5, 0.97, 0.97, 0.97]
     weights, bars = [0.2] * 5, [math.log(20)] * 5
     if planned is not None:
@@ -60,7 +62,7 @@ def _mixture_by_hand(gains: list[float], null: float = 0.0, planned: float | Non
             cap = 0.99 if lost and c == 0.97 else c
             lam = math.sqrt(2 * bar / (v * h))
             if planned is not None and k == 5:
-                lam = max(lam, _catch_up_by_hand(total, v, t, 1.09 * planned, 0.04))
+                lam = max(lam, _catch_up_by_hand(total, v, t, 1.0869381 * planned, 0.04))
             wealth[k] *= 1 + min(lam, cap / (1 + null)) * (g - null)
         squares += (g - null) ** 2
         total += g - null
@@ -79,16 +81,30 @@ def test_log_wealth_by_hand() -> None:
     assert p_value(np.array([0.5, 0.5, -0.2]), alpha=0.05) == pytest.approx(1 / w.max(), abs=1e-12)
 
 
+def test_the_planned_bettor_aims_where_its_share_of_alpha_has_the_plans_power() -> None:
+    # ((z_{0.8 alpha} + z_0.2) / (z_alpha + z_0.2))^2 with z_0.2 = 0.841621 (80 % power):
+    # alpha 0.05: ((1.750686 + 0.841621) / (1.644854 + 0.841621))^2 = 1.086938
+    # alpha 0.01: ((2.408916 + 0.841621) / (2.326348 + 0.841621))^2 = 1.052806
+    # alpha 0.10: ((1.405072 + 0.841621) / (1.281552 + 0.841621))^2 = 1.119739
+    assert aim_stretch(0.05) == pytest.approx(1.086938, abs=1e-6)
+    assert aim_stretch(0.01) == pytest.approx(1.052806, abs=1e-6)
+    assert aim_stretch(0.10) == pytest.approx(1.119739, abs=1e-6)
+    (planned,) = (b for b in bettors(0.01, planned=20_000) if b.aim is not None)
+    assert planned.aim == pytest.approx(1.052806 * 20_000, abs=0.02)
+    assert planned.level == pytest.approx(0.008)
+
+
 def test_a_planned_horizon_adds_one_bettor_that_holds_most_of_the_wealth_by_hand() -> None:
     # t=1 (v = 0.3): the planned bettor (h = 1.3 x 20,000 = 26,000, level 0.04) stakes
     # sqrt(2 log(1/0.04) / (0.3 x 26,000)) = 0.028729 and holds 0.8 of the wealth; the five even ones hold 0.04 each:
-    # W1 = 1 + 0.5 (0.04 x 0.27381 + 0.8 x 0.028729). Its catch-up bet towards 21,800 is smaller at the start:
-    # d = -z_0.04 = -1.7507, phi(d) / Phi(d) = 0.086174 / 0.04 = 2.1543, over sqrt(0.3 x 21,800) = 80.870: 0.026640
+    # W1 = 1 + 0.5 (0.04 x 0.27381 + 0.8 x 0.028729). Its catch-up bet towards 1.086938 x 20,000 = 21,738.8 is
+    # smaller at the start: d = -z_0.04 = -1.7507, phi(d) / Phi(d) = 0.086174 / 0.04 = 2.1543, over
+    # sqrt(0.3 x 21,738.8) = 80.757: 0.026677
     g = [0.5, 0.5, -0.2, 0.3]
     w = np.exp(log_wealth(np.array(g), alpha=0.05, planned=20_000))
     planned_bet = math.sqrt(2 * math.log(1 / 0.04) / (0.3 * 26_000))
     assert planned_bet == pytest.approx(0.028729, abs=1e-6)
-    assert catch_up_bet(np.zeros(1), np.full(1, 0.3), 21_800, 0.04)[0] == pytest.approx(0.026640, abs=1e-6)
+    assert catch_up_bet(np.zeros(1), np.full(1, 0.3), 21_738.8, 0.04)[0] == pytest.approx(0.026677, abs=1e-6)
     even_bets = sum(math.sqrt(2 * math.log(20) / (0.3 * h)) for h in (1e3, 4e3, 16e3, 64e3, 256e3))
     assert w[0] == pytest.approx(1 + 0.5 * (0.04 * even_bets + 0.8 * planned_bet), abs=1e-12)
     assert w == pytest.approx(_mixture_by_hand(g, planned=20_000), abs=1e-12)
