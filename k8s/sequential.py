@@ -98,7 +98,7 @@ above, estimated thresholds promote equal models about as rarely as the true thr
 at alpha 0.05 over 1,500 A/A runs of 50,000 transactions with the mixture bettor, 2.9 % in shadow mode,
 2.6 % in split mode and 2.6 % in paired split mode (95 % intervals within [1.9 %, 3.9 %]), before the caps
 that rise after a big loss, the smaller prior and the catch-up bet; with them the benchmark's A/A cells read
-2.5-3.4 % unplanned and 3.1-4.9 % planned on the synthetic bench (800 runs each; the one-look z-test rejects 5.4 %
+2.5-3.4 % unplanned and 3.2-4.9 % planned on the synthetic bench (800 runs each; the one-look z-test rejects 5.4 %
 of the planned paired-split cell's runs at its horizon), at most 4.3 % on the real data (600 replays), and the
 slow tests (2,000 A/A runs, at most 5 %) keep passing.
 
