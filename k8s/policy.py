@@ -90,7 +90,8 @@ class Policy:
         default=10, metadata=_doc("pr-auc: number of equally spaced O'Brien-Fleming analyses"))
     planned_labels: int | None = field(
         default=None, metadata=_doc("expected-cost and recall: the labelled transactions a fixed-horizon test would "
-                                    "need for the smallest effect worth detecting (a power calculation's n); the "
+                                    "need for the smallest effect worth detecting (a power calculation's n, at 80% "
+                                    "power and the policy's alpha); the "
                                     "sequential test then bets mostly for that horizon and needed 1.3-1.6x it, an "
                                     "unplanned one 1.6-1.8x (bench promotion); unset: bets spread evenly from 1k to "
                                     "256k"))
