@@ -212,12 +212,8 @@ class Supervisor:
         if version is None:
             if old is None:
                 return True
-            _update_config(self.config_path, **{f"{arm}_url": ""})
-            try:
-                self._wait_router(arm, None)
-            except TemporaryError as exc:
-                _update_config(self.config_path, **{f"{arm}_url": old.url})
-                print(f"cannot remove the {arm} arm: {exc}", file=sys.stderr, flush=True)
+            if (failed := self._point_router(arm, "", None, back_to=old.url)) is not None:
+                print(f"cannot remove the {arm} arm: {failed}", file=sys.stderr, flush=True)
                 return False
             del self.arms[arm]
             was = self.versions.pop(arm, "?")
@@ -231,13 +227,9 @@ class Supervisor:
             new.kill()
             print(f"cannot re-point the {arm} arm to v{version}: {exc}", file=sys.stderr, flush=True)
             return False
-        _update_config(self.config_path, **{f"{arm}_url": new.url})
-        try:
-            self._wait_router(arm, version)
-        except TemporaryError as exc:
-            _update_config(self.config_path, **{f"{arm}_url": old.url if old else ""})
+        if (failed := self._point_router(arm, new.url, version, back_to=old.url if old else "")) is not None:
             new.stop()
-            print(f"cannot re-point the {arm} arm to v{version}: {exc}", file=sys.stderr, flush=True)
+            print(f"cannot re-point the {arm} arm to v{version}: {failed}", file=sys.stderr, flush=True)
             return False
         self.arms[arm] = new
         self.versions[arm] = version
@@ -245,6 +237,17 @@ class Supervisor:
             old.stop()  # SIGTERM: its in-flight requests finish first
         print(f"{arm} arm now serves v{version} at {new.url}", flush=True)
         return True
+
+    def _point_router(self, arm: str, url: str, version: str | None, *, back_to: str) -> TemporaryError | None:
+        """Write ``arm``'s URL into the Router's config and wait until it serves ``version`` there. If it does
+        not, write ``back_to`` again and return why."""
+        _update_config(self.config_path, **{f"{arm}_url": url})
+        try:
+            self._wait_router(arm, version)
+        except TemporaryError as exc:
+            _update_config(self.config_path, **{f"{arm}_url": back_to})
+            return exc
+        return None
 
     def _wait_router(self, arm: str, version: str | None, timeout: float = 15.0) -> None:
         """Until the Router's ``arm`` answers with ``version`` (None: until it has no such arm)."""

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from bentos.cli import Backoff, Supervisor
-from kingmaker import arms
+from kingmaker import arms, router_config
+from kingmaker.errors import TemporaryError
 
 
 def test_backoff_doubles_up_to_a_cap_and_resets_after_a_stable_run() -> None:
@@ -51,3 +54,42 @@ def test_a_generation_that_could_not_be_applied_is_tried_again_with_backoff(tmp_
     arms.write(path, "fraud-detector", "1", "5", generation=4)
     assert sup.follow(path, seen) == 4  # not held back by the failed generation's backoff
     assert calls[-2:] == [(20.0, "challenger", "4"), (20.0, "challenger", "5")]
+
+
+class _Service:
+    """A stand-in for a started Scorer: its URL, and whether it was stopped."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.stopped = url, False
+
+    def wait_ready(self, timeout: float) -> None:
+        pass
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+def test_a_move_the_router_does_not_make_is_written_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Re-pointing or removing an arm that the Router does not take up puts the old URL back in its config,
+    keeps the old arm serving and says why; the new Scorer is stopped."""
+    config = tmp_path / "router.yaml"
+    sup = Supervisor("127.0.0.1", "fraud-detector", config, tmp_path, 1.0)
+    old, new = _Service("http://127.0.0.1:9001"), _Service("http://127.0.0.1:9002")
+    sup.router = _Service("http://127.0.0.1:9000")  # type: ignore[assignment]
+    sup.arms, sup.versions = {"challenger": old}, {"challenger": "2"}  # type: ignore[dict-item]
+    router_config.update(config, source="test", challenger_url=old.url)
+    moves: list[str | None] = []
+
+    def stuck(arm: str, version: str | None) -> None:
+        moves.append(router_config.load(config).challenger_url)
+        raise TemporaryError(f"the Router did not switch its {arm} arm to {version or 'none'}")
+
+    monkeypatch.setattr(sup, "_wait_router", stuck)
+    monkeypatch.setattr(sup, "start_arm", lambda arm, uri, port: new)
+
+    assert sup.repoint("challenger", "3") is False
+    assert sup.repoint("challenger", None) is False
+    assert moves == [new.url, ""]  # what the Router was asked to take up
+    assert router_config.load(config).challenger_url == old.url
+    assert sup.arms == {"challenger": old} and sup.versions == {"challenger": "2"}
+    assert new.stopped and not old.stopped
