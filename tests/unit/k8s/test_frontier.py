@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from k8s.frontier import constant_bet_power, labels_for_power, power_bound, z_power
+from k8s.frontier import best_sign_test, constant_bet_power, labels_for_power, power_bound, z_power
 
 
 @pytest.mark.parametrize("mu", [5.0, 9.0])
@@ -21,6 +21,30 @@ def test_when_every_discordant_fraud_is_a_win_the_z_test_needs_three_and_a_valid
     assert constant_bet_power(mu, 1.0, 0.9) == pytest.approx(stats.poisson.sf(4, mu), abs=1e-9)
     assert power_bound(mu, 1.0) == pytest.approx(0.6 * stats.poisson.sf(3, mu) + 0.4 * stats.poisson.sf(4, mu),
                                                  abs=1e-5)
+
+
+def test_when_every_discordant_fraud_is_a_win_the_best_test_that_does_not_randomise_needs_five() -> None:
+    power, rejected = best_sign_test(6.0, 1.0)
+    assert power == pytest.approx(stats.poisson.sf(4, 6.0), abs=1e-9)
+    assert rejected[(5, 0)] == 1
+    assert power < power_bound(6.0, 1.0) - 0.05  # here only randomising reaches four wins
+
+
+def test_on_the_sparse_real_cell_the_best_test_that_does_not_randomise_nearly_reaches_the_bound() -> None:
+    # the 15.6 % shadow cell: 93.7 % of the discordant frauds won; mu where the bound has 80 % power
+    q = 0.937
+    mu = 8.7046
+    assert power_bound(mu, q) == pytest.approx(0.8, abs=1e-4)
+    power, rejected = best_sign_test(mu, q)
+    # five straight wins; after one loss seven wins for four of the five places it can fall, eight for the fifth
+    assert {k: rejected[k] for k in [(5, 0), (7, 1), (8, 1)]} == {(5, 0): 1, (7, 1): 4, (8, 1): 1}
+    level = sum(r * 0.5 ** (w + lost) for (w, lost), r in rejected.items())
+    assert 1 / 32 + 4 / 256 + 1 / 512 < level <= 0.05
+    by_hand = sum(r * q ** w * (1 - q) ** lost * stats.poisson.sf(w + lost - 1, mu)
+                  for (w, lost), r in rejected.items())
+    assert power == pytest.approx(by_hand, abs=1e-9)
+    assert 0.795 < power <= power_bound(mu, q) + 1e-6
+    assert power > constant_bet_power(mu, q, 0.9) + 0.05
 
 
 def test_with_few_discordant_frauds_expected_the_bound_spends_alpha_on_three_straight_wins() -> None:
