@@ -91,10 +91,9 @@ class Policy:
     planned_labels: int | None = field(
         default=None, metadata=_doc("expected-cost and recall: the labelled transactions a fixed-horizon test would "
                                     "need for the smallest effect worth detecting (a power calculation's n, at 80% "
-                                    "power and the policy's alpha); the "
-                                    "sequential test then bets mostly for that horizon and needed 1.3-1.6x it, an "
-                                    "unplanned one 1.6-1.8x (bench promotion); unset: bets spread evenly from 1k to "
-                                    "256k"))
+                                    "power and the policy's alpha); the sequential test then bets mostly for that "
+                                    "horizon and needed 1.3-1.6x it, an unplanned one 1.6-1.8x (bench promotion); "
+                                    "unset: bets spread evenly from 1k to 256k"))
     cost: CostMatrix = field(default_factory=CostMatrix, metadata=_doc("the cost matrix"))
     label_delay_seconds: int = field(
         default=7 * 24 * 3600, metadata=_doc("a transaction counts once this old; later labels are ignored"))
