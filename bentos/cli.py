@@ -212,8 +212,10 @@ class Supervisor:
         if version is None:
             if old is None:
                 return True
-            if (failed := self._point_router(arm, "", None, back_to=old.url)) is not None:
-                print(f"cannot remove the {arm} arm: {failed}", file=sys.stderr, flush=True)
+            try:
+                self._point_router(arm, "", None, back_to=old.url)
+            except TemporaryError as exc:
+                print(f"cannot remove the {arm} arm: {exc}", file=sys.stderr, flush=True)
                 return False
             del self.arms[arm]
             was = self.versions.pop(arm, "?")
@@ -227,9 +229,11 @@ class Supervisor:
             new.kill()
             print(f"cannot re-point the {arm} arm to v{version}: {exc}", file=sys.stderr, flush=True)
             return False
-        if (failed := self._point_router(arm, new.url, version, back_to=old.url if old else "")) is not None:
+        try:
+            self._point_router(arm, new.url, version, back_to=old.url if old else "")
+        except TemporaryError as exc:
             new.stop()
-            print(f"cannot re-point the {arm} arm to v{version}: {failed}", file=sys.stderr, flush=True)
+            print(f"cannot re-point the {arm} arm to v{version}: {exc}", file=sys.stderr, flush=True)
             return False
         self.arms[arm] = new
         self.versions[arm] = version
@@ -238,16 +242,15 @@ class Supervisor:
         print(f"{arm} arm now serves v{version} at {new.url}", flush=True)
         return True
 
-    def _point_router(self, arm: str, url: str, version: str | None, *, back_to: str) -> TemporaryError | None:
+    def _point_router(self, arm: str, url: str, version: str | None, *, back_to: str) -> None:
         """Write ``arm``'s URL into the Router's config and wait until it serves ``version`` there. If it does
-        not, write ``back_to`` again and return why."""
+        not, write ``back_to`` again and raise the `TemporaryError` that says why."""
         _update_config(self.config_path, **{f"{arm}_url": url})
         try:
             self._wait_router(arm, version)
-        except TemporaryError as exc:
+        except TemporaryError:
             _update_config(self.config_path, **{f"{arm}_url": back_to})
-            return exc
-        return None
+            raise
 
     def _wait_router(self, arm: str, version: str | None, timeout: float = 15.0) -> None:
         """Until the Router's ``arm`` answers with ``version`` (None: until it has no such arm)."""
