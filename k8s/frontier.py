@@ -119,26 +119,30 @@ def best_sign_test(mu: float, q: float, alpha: float = 0.05,
     nodes = [(w, d - w) for d in range(depth + 1) for w in range(d + 1)]
     index = {node: i for i, node in enumerate(nodes)}
     size = len(nodes)  # variables: rejected [0, size), open [size, 2 size)
-    rows: list[tuple[dict[int, float], float, float]] = [({size + index[(0, 0)]: 1.0}, 1.0, 1.0)]
+    entries: list[tuple[int, int, float]] = []  # (constraint, variable, coefficient)
+    low: list[float] = []
+    high: list[float] = []
+
+    def constraint(terms: list[tuple[int, float]], lo: float, hi: float) -> None:
+        entries.extend((len(low), j, value) for j, value in terms)
+        low.append(lo)
+        high.append(hi)
+
+    constraint([(size, 1.0)], 1.0, 1.0)  # one empty sequence, open
     for (w, lost), i in index.items():
-        rows.append(({i: 1.0, size + i: -1.0}, -np.inf, 0.0))  # reject no more than are open
-        if w + lost:
-            row = {size + i: 1.0}
-            for parent in ((w - 1, lost), (w, lost - 1)):  # a win or a loss leads here
-                if parent in index:
-                    row[size + index[parent]], row[index[parent]] = -1.0, 1.0
-            rows.append((row, 0.0, 0.0))
+        constraint([(i, 1.0), (size + i, -1.0)], -np.inf, 0.0)  # reject no more than are open
+        parents = [index[p] for p in ((w - 1, lost), (w, lost - 1)) if p in index]  # a win or a loss leads here
+        if parents:  # open here = open and not rejected at the parents
+            constraint([(size + i, 1.0), *((size + j, -1.0) for j in parents), *((j, 1.0) for j in parents)],
+                       0.0, 0.0)
     # the level in units of 2^-depth: integer coefficients, so tiny probabilities are not rounded away
-    rows.append(({index[n]: 2.0 ** (depth - sum(n)) for n in nodes}, -np.inf, math.floor(alpha * 2.0 ** depth)))
-    matrix = sparse.lil_matrix((len(rows), 2 * size))
-    for r, (row, _, _) in enumerate(rows):
-        for j, value in row.items():
-            matrix[r, j] = value
+    constraint([(index[n], 2.0 ** (depth - sum(n))) for n in nodes], -np.inf, math.floor(alpha * 2.0 ** depth))
+    r, c, v = zip(*entries, strict=True)
+    matrix = sparse.csr_matrix((v, (r, c)), shape=(len(low), 2 * size))
     gain = np.zeros(2 * size)
     gain[:size] = [q ** w * (1 - q) ** lost * tail[w + lost] for w, lost in nodes]
     result = optimize.milp(-gain, integrality=np.ones(2 * size), bounds=optimize.Bounds(0, np.inf),
-                           constraints=optimize.LinearConstraint(matrix.tocsr(), [r[1] for r in rows],
-                                                                 [r[2] for r in rows]))
+                           constraints=optimize.LinearConstraint(matrix, low, high))
     if not result.success:
         raise RuntimeError(f"integer programme failed: {result.message}")
     rejected = {node: round(result.x[i]) for node, i in index.items() if result.x[i] > 0.5}
