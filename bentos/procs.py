@@ -33,6 +33,11 @@ ROUTER = "bentos.router:Router"
 #: spin after each prediction; next to an event loop on a small machine that cut Scorer throughput
 #: from ~1,000 to ~40 req/s in our measurements. PASSIVE makes idle threads sleep instead.
 SCORER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+#: BentoML's process manager (circus) reserves two local ports for its own sockets, releases them and binds them
+#: a moment later; another process starting at the same time can take one in between, and the server exits while
+#: starting with "Address already in use" for a port that is not its own. Such a start is tried again, this often.
+PORT_RACE_RETRIES = 2
+_LOST_PORT = re.compile(r"Address already in use \(addr='tcp://[^']*:(\d+)'\)")
 
 
 def process_home(base: str | None, name: str, port: int) -> Path:
@@ -61,6 +66,7 @@ class ServiceProcess:
     proc: subprocess.Popen[bytes] | None = None
     home: Path | None = None  # this process's BENTOML_HOME (`process_home`), removed once it has stopped
     family: list[Any] = field(default_factory=list)  # psutil.Process of the server and its workers, last seen
+    log_start: int = 0  # the log's size when this process started: what it wrote since is `log_since_start`
 
     @property
     def url(self) -> str:
@@ -77,6 +83,7 @@ class ServiceProcess:
         env = {**os.environ, **self.env}
         self.home = process_home(env.get("BENTOML_HOME"), self.name, self.port)
         env["BENTOML_HOME"] = str(self.home)
+        self.log_start = self.log_path.stat().st_size if self.log_path and self.log_path.exists() else 0
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115 (lives with the process)
         try:
             self.proc = subprocess.Popen(cmd, env=env, cwd=self.working_dir, stdout=out, stderr=subprocess.STDOUT,
@@ -120,6 +127,17 @@ class ServiceProcess:
             return "(no log)"
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
+    def log_since_start(self) -> str:
+        if not self.log_path or not self.log_path.exists():
+            return ""
+        with self.log_path.open("rb") as f:
+            f.seek(self.log_start)
+            return f.read().decode(errors="replace")
+
+    def lost_port_race(self) -> bool:
+        """Whether this start died because another process took one of circus's own ports (`PORT_RACE_RETRIES`)."""
+        return any(int(port) != self.port for port in _LOST_PORT.findall(self.log_since_start()))
+
     def is_ready(self) -> bool:
         try:
             with urllib.request.urlopen(f"{self.url}/readyz", timeout=2.0) as resp:
@@ -129,7 +147,15 @@ class ServiceProcess:
 
     def wait_ready(self, timeout: float = 180.0) -> None:
         deadline = time.monotonic() + timeout
+        retries = PORT_RACE_RETRIES
         while time.monotonic() < deadline:
+            if not self.running() and retries and self.lost_port_race():
+                retries -= 1
+                print(f"{self.name}: another process took one of BentoML's internal ports while it started; "
+                      "starting it again", file=sys.stderr, flush=True)
+                self.kill()  # its workers, if any got that far
+                self.start()
+                continue
             if not self.running():
                 raise PermanentError(f"{self.name} exited with code {self.proc.returncode if self.proc else '?'} "
                                      f"while starting; last log lines:\n{self.log_tail()}")
